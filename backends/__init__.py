@@ -1,0 +1,1 @@
+"""Backends that lower a SWAT graph: `eager` (PyTorch autograd), later `ort` and `accel`."""

@@ -1,0 +1,88 @@
+"""Top-K masks (SPEC §3): which entries of a weight, activation or gradient a SWAT layer keeps.
+
+A mask is described by a `MaskLayout`: which dims are summed into the score of a structured unit
+(a kernel, a filter, a channel), which dims of the score tensor form one Top-K group, and which dims
+index the batch (averaged when a threshold is stored between refreshes, because the next batch holds
+other samples). Thresholds keep their reduced dims (`keepdim`), so a mask is one broadcast compare.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+ROLES = ("weight", "input", "grad")
+LAYER_KINDS = ("conv", "linear")
+
+
+@dataclass(frozen=True)
+class MaskLayout:
+    """How a tensor of a given rank is grouped for Top-K."""
+
+    score_dims: tuple[int, ...]
+    group_dims: tuple[int, ...]
+    batch_dims: tuple[int, ...]
+
+
+def keep_count(density: float, n: int) -> int:
+    """k = ceil(d·n), at least 1 and at most n; rounded first so that 0.3·10 is 3, not 4."""
+    return min(n, max(1, math.ceil(round(density * n, 6))))
+
+
+def _dims(start: int, stop: int) -> tuple[int, ...]:
+    return tuple(range(start, stop))
+
+
+def mask_layout(role: str, layer: str, granularity: str, ndim: int) -> MaskLayout:
+    """The grouping of SPEC §3 for a tensor of rank `ndim` playing `role` in a `layer` op."""
+    everything = _dims(0, ndim)
+    if role == "grad":  # meProp: always per sample
+        return MaskLayout((), _dims(1, ndim), (0,))
+    if role == "weight":
+        rows = _dims(1, ndim)
+        if granularity == "nchw":
+            return MaskLayout((), everything, ())
+        if granularity == "chw" or (granularity == "hw" and layer == "linear"):
+            return MaskLayout((), rows, ())
+        if granularity == "hw":
+            return MaskLayout((), _dims(2, ndim), ())
+        if granularity == "kernel":
+            return MaskLayout(_dims(2, ndim), everything, ())
+        return MaskLayout(rows, everything, ())  # filter
+    # role == "input": conv activations are [N, C, ...], linear ones [..., F]
+    if granularity == "nchw":
+        return MaskLayout((), everything, ())
+    if granularity == "chw":
+        return MaskLayout((), _dims(1, ndim), (0,))
+    if layer == "linear":
+        if granularity == "hw":
+            return MaskLayout((), (ndim - 1,), _dims(0, ndim - 1))
+        return MaskLayout(_dims(0, ndim - 1), everything, ())
+    if granularity == "hw":
+        return MaskLayout((), _dims(2, ndim), (0,))
+    return MaskLayout((0, *_dims(2, ndim)), everything, ())
+
+
+def scores(t: torch.Tensor, layout: MaskLayout) -> torch.Tensor:
+    """Magnitudes (or L1 scores of structured units), with NaN as +inf so it is always kept."""
+    mag = t.detach().abs()
+    if layout.score_dims:
+        mag = mag.sum(layout.score_dims, keepdim=True)
+    return torch.nan_to_num(mag, nan=math.inf)
+
+
+def group_thresholds(s: torch.Tensor, group_dims: tuple[int, ...], density: float) -> torch.Tensor:
+    """The k-th largest score of each group (by selection, not sorting), with group dims kept as 1."""
+    kept = [d for d in range(s.dim()) if d not in group_dims]
+    groups = s.permute(*kept, *group_dims).reshape(math.prod(s.shape[d] for d in kept), -1)
+    n = groups.shape[1]
+    tau = groups.kthvalue(n - keep_count(density, n) + 1, dim=1).values
+    return tau.reshape([1 if d in group_dims else s.shape[d] for d in range(s.dim())])
+
+
+def topk_mask(t: torch.Tensor, density: float, layout: MaskLayout) -> torch.Tensor:
+    """The exact Top-K mask of `t` (bool, broadcastable to `t`): |v| >= the group's k-th largest."""
+    s = scores(t, layout)
+    return s >= group_thresholds(s, layout.group_dims, density)

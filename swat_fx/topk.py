@@ -1,0 +1,138 @@
+"""`TopK`: one sparsification site of one layer, as a module that owns its periodic-Top-K state.
+
+Each site is a `call_module` node in the transformed graph, so `gm.code` shows where SWAT sparsifies,
+and its state (step counter, stored threshold, achieved density) is in `state_dict()` as buffers.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from swat_fx.masks import MaskLayout, group_thresholds, mask_layout, scores
+
+
+class TopK(nn.Module):
+    """Keeps the largest-magnitude entries of a tensor; the threshold is exact every `period` steps.
+
+    `role` is "weight", "input" or "grad"; `layer` is "conv" or "linear". Modes:
+    - `differentiable=False`: the output is a constant (the layer's kernel takes it as W_s or X_s and
+      still returns the gradient of the dense tensor);
+    - `differentiable=True` (site `fw_a`): autograd masks the gradient with the same mask;
+    - `role="grad"` (site `bw_g`): identity in the forward, Top-K of the gradient in the backward.
+    `backward_only` sites do nothing when no backward can follow (eval mode under `torch.no_grad()`).
+    """
+
+    def __init__(
+        self,
+        sparsity: float,
+        granularity: str,
+        role: str,
+        layer: str,
+        period: int = 1,
+        differentiable: bool = False,
+        backward_only: bool = False,
+    ) -> None:
+        super().__init__()
+        self.sparsity = sparsity
+        self.granularity = granularity
+        self.role = role
+        self.layer = layer
+        self.period = period
+        self.differentiable = differentiable
+        self.backward_only = backward_only
+        self.register_buffer("step", torch.zeros((), dtype=torch.int64))
+        self.register_buffer("threshold", torch.empty(0))
+        self.register_buffer("density", torch.ones(()))
+
+    @property
+    def target_density(self) -> float:
+        return 1.0 - self.sparsity
+
+    def extra_repr(self) -> str:
+        mode = "differentiable" if self.differentiable else ("backward-only" if self.backward_only else "")
+        return (
+            f"{self.role} of {self.layer}, sparsity={self.sparsity:g}, granularity={self.granularity}, "
+            f"period={self.period}" + (f", {mode}" if mode else "")
+        )
+
+    def forward(self, t: torch.Tensor) -> torch.Tensor | None:
+        refresh = self._next_step() if self.training else None
+        if self.role == "grad":
+            return _SparsifyGrad.apply(t, self, refresh)
+        if self.backward_only and not self.training and not torch.is_grad_enabled():
+            return None
+        keep = self.mask(t, refresh)
+        if self.differentiable:
+            return torch.where(keep, t, torch.zeros((), dtype=t.dtype, device=t.device))
+        with torch.no_grad():
+            return torch.where(keep, t, torch.zeros((), dtype=t.dtype, device=t.device))
+
+    def layout(self, t: torch.Tensor) -> MaskLayout:
+        return mask_layout(self.role, self.layer, self.granularity, t.dim())
+
+    def mask(self, t: torch.Tensor, refresh: bool | None = None) -> torch.Tensor:
+        """The keep-mask of `t`. `refresh=None`: exact Top-K, no state change (eval mode); True: exact
+        Top-K, threshold stored; False: the stored threshold is reused."""
+        layout = self.layout(t)
+        s = scores(t, layout)
+        if refresh is None:
+            return s >= group_thresholds(s, layout.group_dims, self.target_density)
+        if refresh:
+            tau = group_thresholds(s, layout.group_dims, self.target_density)
+            stored = tau.mean(layout.batch_dims, keepdim=True) if layout.batch_dims else tau
+            self.threshold = stored.detach().flatten().clone()
+        else:
+            tau = self.threshold.view(self._stored_shape(s, layout))
+        keep = s >= tau
+        self.density.fill_(keep.float().mean())
+        return keep
+
+    def _next_step(self) -> bool:
+        """Advance the step counter; True when this step refreshes the threshold exactly."""
+        refresh = int(self.step) % self.period == 0 or self.threshold.numel() == 0
+        self.step += 1
+        return refresh
+
+    @staticmethod
+    def _stored_shape(s: torch.Tensor, layout: MaskLayout) -> list[int]:
+        reduced = set(layout.group_dims) | set(layout.batch_dims)
+        return [1 if d in reduced else s.shape[d] for d in range(s.dim())]
+
+    def _load_from_state_dict(
+        self, state_dict: dict[str, Any], prefix: str, local_metadata: Any, strict: bool,
+        missing_keys: list[str], unexpected_keys: list[str], error_msgs: list[str],
+    ) -> None:
+        """A checkpoint without SWAT state (e.g. of the original dense model) starts this site afresh."""
+        own = [prefix + name for name in self._buffers]
+        if not any(key in state_dict for key in own):
+            self.reset()
+            return
+        threshold = state_dict.get(prefix + "threshold")
+        if threshold is not None:  # its shape is only known once a batch has been seen
+            self.threshold = torch.empty_like(threshold, device=self.density.device)
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )
+
+    def reset(self) -> None:
+        """Forget the stored threshold: the next training step computes an exact Top-K."""
+        self.step.zero_()
+        self.threshold = self.threshold.new_empty(0)
+        self.density.fill_(1.0)
+
+
+class _SparsifyGrad(torch.autograd.Function):
+    """meProp's G_s: identity forward; the backward keeps the per-sample Top-K of the gradient."""
+
+    @staticmethod
+    def forward(ctx: Any, t: torch.Tensor, site: TopK, refresh: bool | None) -> torch.Tensor:
+        ctx.site, ctx.refresh = site, refresh
+        return t.view_as(t)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
+        keep = ctx.site.mask(grad, refresh=ctx.refresh)
+        return torch.where(keep, grad, torch.zeros((), dtype=grad.dtype, device=grad.device)), None, None

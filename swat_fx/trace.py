@@ -1,0 +1,79 @@
+"""Tracing a user's model into a `torch.fx.GraphModule`, with errors that say how to fix it."""
+
+from __future__ import annotations
+
+import copy
+import os
+import traceback
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+import torch.fx as fx
+import torch.nn as nn
+
+
+class SwatTraceError(RuntimeError):
+    """The model could not be traced symbolically by torch.fx."""
+
+
+class _SwatTracer(fx.Tracer):
+    """A tracer whose leaves are the default ones plus the user's `leaf_modules` (types or names)."""
+
+    def __init__(self, leaf_modules: tuple[type[nn.Module] | str, ...]) -> None:
+        super().__init__()
+        self.leaf_types = tuple(leaf for leaf in leaf_modules if isinstance(leaf, type))
+        self.leaf_names = {leaf for leaf in leaf_modules if isinstance(leaf, str)}
+        self.current_module = ""
+
+    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        return (
+            isinstance(m, self.leaf_types)
+            or module_qualified_name in self.leaf_names
+            or super().is_leaf_module(m, module_qualified_name)
+        )
+
+    def call_module(self, m: nn.Module, forward: Any, args: Any, kwargs: Any) -> Any:
+        outer, self.current_module = self.current_module, self.path_of_module(m)
+        result = super().call_module(m, forward, args, kwargs)
+        self.current_module = outer
+        return result
+
+
+def _user_frame(error: BaseException) -> str:
+    """'file:line in fn: `source`' of the innermost frame outside torch, where tracing broke."""
+    torch_dir = os.path.dirname(torch.__file__)
+    frames = [f for f in traceback.extract_tb(error.__traceback__) if not f.filename.startswith(torch_dir)]
+    frames = [f for f in frames if os.path.basename(os.path.dirname(f.filename)) != "swat_fx"] or frames
+    if not frames:
+        return "an unknown location"
+    f = frames[-1]
+    return f"{f.filename}:{f.lineno} in {f.name}: `{(f.line or '').strip()}`"
+
+
+def trace(
+    model: nn.Module,
+    leaf_modules: tuple[type[nn.Module] | str, ...] = (),
+    concrete_args: Mapping[str, Any] | None = None,
+) -> fx.GraphModule:
+    """Trace a deep copy of `model` (the caller's model is never modified)."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"swat_fx.transform expects a torch.nn.Module, got {type(model).__name__}")
+    if isinstance(model, fx.GraphModule):
+        return copy.deepcopy(model)
+    root = copy.deepcopy(model)
+    tracer = _SwatTracer(leaf_modules)
+    try:
+        graph = tracer.trace(root, concrete_args=dict(concrete_args) if concrete_args else None)
+    except Exception as error:
+        where = f"module '{tracer.current_module}'" if tracer.current_module else "the top-level forward"
+        raise SwatTraceError(
+            f"torch.fx could not trace {type(model).__name__}: {type(error).__name__}: {error}\n"
+            f"Tracing failed in {where}, at {_user_frame(error)}.\n"
+            "Data-dependent control flow (an `if`/loop on tensor values) cannot be traced. Either mark "
+            "that module as a leaf so it is called as a black box (its layers stay dense): "
+            "swat_fx.transform(model, leaf_modules=(TheModuleClass,)) or leaf_modules=('qualified.name',); "
+            "or fix the value that decides the branch with concrete_args={'arg_name': value}."
+        ) from error
+    name = type(model).__name__
+    return fx.GraphModule(tracer.root, graph, name)
