@@ -62,19 +62,22 @@ def _param_name(gm: fx.GraphModule, node: Any) -> str | None:
     return node.target
 
 
-def _transposed_param(gm: fx.GraphModule, node: Any) -> str | None:
-    """The parameter name if `node` is `W.T`, `W.t()` or `W.transpose(0, 1)` of a 2-D parameter."""
-    if not isinstance(node, fx.Node):
+def is_transpose(node: fx.Node) -> bool:
+    """`t.T`, `t.mT`, `t.t()` or `t.transpose(0, 1)`."""
+    if node.op == "call_function" and node.target is getattr:
+        return node.args[1] in ("T", "mT")
+    if node.op == "call_method":
+        return node.target == "t" or (node.target == "transpose" and set(node.args[1:]) in ({0, 1}, {0, -1}))
+    return False
+
+
+def _transposed_param(gm: fx.GraphModule, node: Any) -> fx.Node | None:
+    """The `get_attr` node of W if `node` is the transpose of a 2-D parameter W."""
+    if not isinstance(node, fx.Node) or not is_transpose(node):
         return None
-    source = None
-    if node.op == "call_function" and node.target is getattr and node.args[1] in ("T", "mT"):
-        source = node.args[0]
-    elif node.op == "call_method" and node.target == "t":
-        source = node.args[0]
-    elif node.op == "call_method" and node.target == "transpose" and set(node.args[1:]) in ({0, 1}, {0, -1}):
-        source = node.args[0]
+    source = node.args[0]
     name = _param_name(gm, source)
-    return name if name is not None and gm.get_parameter(name).dim() == 2 else None
+    return source if name is not None and gm.get_parameter(name).dim() == 2 else None
 
 
 def _ntuple(value: Any, n: int) -> Any:
@@ -126,10 +129,10 @@ def _from_function(gm: fx.GraphModule, node: fx.Node) -> SparsifiableOp | None:
 
 def _from_matmul(gm: fx.GraphModule, x: Any, right: Any) -> SparsifiableOp | None:
     """`x @ W.T` is linear(x, W); `x @ W` with a 2-D parameter is linear(x, W.t())."""
-    param = _transposed_param(gm, right)
-    if param is not None:
-        shape = tuple(gm.get_parameter(param).shape)
-        return SparsifiableOp(param, "linear", x, param, param, shape)
+    source = _transposed_param(gm, right)
+    if source is not None:
+        shape = tuple(gm.get_parameter(source.target).shape)
+        return SparsifiableOp(source.target, "linear", x, source, source.target, shape)
     param = _param_name(gm, right)
     if param is not None and gm.get_parameter(param).dim() == 2:
         rows, cols = gm.get_parameter(param).shape

@@ -16,10 +16,10 @@ from __future__ import annotations
 
 import torch.fx as fx
 import torch.nn.functional as F
+from swat_fx.passes.find_sparsifiable_ops import META_KEY, SparsifiableOp, is_transpose, sparsifiable_nodes
 
 from swat_fx import ops
 from swat_fx.config import SwatConfig
-from swat_fx.passes.find_sparsifiable_ops import META_KEY, SparsifiableOp, sparsifiable_nodes
 from swat_fx.topk import TopK
 
 STATE_ROOT = "swat"
@@ -85,9 +85,7 @@ def _rewrite(gm: fx.GraphModule, node: fx.Node, op: SparsifiableOp, config: Swat
 def _erase_dead_transposes(graph: fx.Graph) -> None:
     """`W.T` nodes that fed a rewritten matmul are no longer used."""
     for node in reversed(graph.nodes):
-        is_method = node.op == "call_method" and node.target in ("t", "transpose")
-        is_attribute = node.op == "call_function" and node.target is getattr and node.args[1] in ("T", "mT")
-        if not node.users and (is_method or is_attribute):
+        if not node.users and is_transpose(node):
             graph.erase_node(node)
 
 
@@ -95,7 +93,9 @@ def insert_sparsification(gm: fx.GraphModule, config: SwatConfig) -> fx.GraphMod
     """Replace every op with sparsity > 0 by its SWAT form (nothing changes for `algorithm="dense"`)."""
     if not config.active_sites:
         return gm
-    for node in sparsifiable_nodes(gm):
+    # Last op first: an op's input node may be an earlier op that is rewritten later, and
+    # `replace_all_uses_with` then updates the arguments of the nodes already inserted.
+    for node in reversed(sparsifiable_nodes(gm)):
         op = node.meta[META_KEY]
         if op.sparsity > 0.0:
             _rewrite(gm, node, op, config)

@@ -10,8 +10,8 @@ import torch.fx as fx
 from torch.fx.passes.shape_prop import ShapeProp
 
 from swat_fx.passes import META_KEY, SparsifiableOp, sparsifiable_nodes, state_path
-from swat_fx.transform import CONFIG_ATTR
 from swat_fx.topk import TopK
+from swat_fx.transform import CONFIG_ATTR
 
 _SITE_SLOTS = {"weight": "w_topk", "input": "x_topk", "grad": "g_topk"}
 

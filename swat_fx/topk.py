@@ -11,7 +11,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from swat_fx.masks import MaskLayout, group_thresholds, mask_layout, scores
+from swat_fx.masks import MaskLayout, group_thresholds, mask_layout, scores, topk_mask
 
 
 class TopK(nn.Module):
@@ -77,9 +77,9 @@ class TopK(nn.Module):
         """The keep-mask of `t`. `refresh=None`: exact Top-K, no state change (eval mode); True: exact
         Top-K, threshold stored; False: the stored threshold is reused."""
         layout = self.layout(t)
-        s = scores(t, layout)
         if refresh is None:
-            return s >= group_thresholds(s, layout.group_dims, self.target_density)
+            return topk_mask(t, self.target_density, layout)
+        s = scores(t, layout)
         if refresh:
             tau = group_thresholds(s, layout.group_dims, self.target_density)
             stored = tau.mean(layout.batch_dims, keepdim=True) if layout.batch_dims else tau
