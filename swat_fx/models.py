@@ -466,21 +466,21 @@ def wrn28_10(num_classes: int = 10, dropout: float = 0.0, in_channels: int = 3) 
 
 def small_cnn(num_classes: int = 10, in_channels: int = 1) -> nn.Sequential:
     """A ~24k-parameter CNN for 8x8 digits (sklearn load_digits): real data, trains in seconds on CPU."""
-    model = nn.Sequential(
-        nn.Conv2d(in_channels, 16, kernel_size=3, padding=1),
-        nn.BatchNorm2d(16),
-        nn.ReLU(inplace=True),
-        nn.Conv2d(16, 32, kernel_size=3, padding=1),
-        nn.BatchNorm2d(32),
-        nn.ReLU(inplace=True),
-        nn.MaxPool2d(2),
-        nn.Conv2d(32, 64, kernel_size=3, padding=1),
-        nn.BatchNorm2d(64),
-        nn.ReLU(inplace=True),
-        nn.AdaptiveAvgPool2d(1),
-        nn.Flatten(),
-        nn.Linear(64, num_classes),
-    )
+    model = nn.Sequential(OrderedDict([
+        ("conv1", nn.Conv2d(in_channels, 16, kernel_size=3, padding=1)),
+        ("bn1", nn.BatchNorm2d(16)),
+        ("relu1", nn.ReLU(inplace=True)),
+        ("conv2", nn.Conv2d(16, 32, kernel_size=3, padding=1)),
+        ("bn2", nn.BatchNorm2d(32)),
+        ("relu2", nn.ReLU(inplace=True)),
+        ("pool", nn.MaxPool2d(2)),
+        ("conv3", nn.Conv2d(32, 64, kernel_size=3, padding=1)),
+        ("bn3", nn.BatchNorm2d(64)),
+        ("relu3", nn.ReLU(inplace=True)),
+        ("avgpool", nn.AdaptiveAvgPool2d(1)),
+        ("flatten", nn.Flatten()),
+        ("fc", nn.Linear(64, num_classes)),
+    ]))
     _init_conv_bn(model)
     return model
 

@@ -1,0 +1,100 @@
+"""Top-K masks: exact k per group, identity at s=0, NaN kept (SPEC §3)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn as nn
+from reference import GRANULARITIES, keep_count, ref_mask
+
+import swat_fx
+from swat_fx.masks import keep_count as library_keep_count
+from swat_fx.topk import TopK
+
+TENSORS = {  # (role, layer): shapes
+    ("weight", "conv"): [(8, 3, 3, 3), (6, 4, 5), (4, 2, 3, 3, 2), (16, 8, 1, 1)],
+    ("weight", "linear"): [(10, 24)],
+    ("input", "conv"): [(4, 6, 5, 5), (3, 4, 9), (2, 3, 4, 4, 3)],
+    ("input", "linear"): [(6, 24), (3, 5, 16)],
+    ("grad", "conv"): [(4, 6, 5, 5)],
+    ("grad", "linear"): [(3, 5, 16)],
+}
+CASES = [(role, layer, shape) for (role, layer), shapes in TENSORS.items() for shape in shapes]
+
+
+@pytest.mark.parametrize("density", [0.05, 0.3, 0.5, 0.9])
+@pytest.mark.parametrize("granularity", GRANULARITIES)
+@pytest.mark.parametrize(("role", "layer", "shape"), CASES, ids=lambda v: str(v))
+def test_mask_equals_reference_on_tie_free_data(role: str, layer: str, shape: tuple, granularity: str,
+                                                density: float) -> None:
+    """The reference keeps exactly k = ceil(d·n) per group (tested in test_reference.py)."""
+    torch.manual_seed(len(shape) * 31 + int(density * 100))
+    t = torch.randn(shape)
+    site = TopK(1 - density, granularity, role, layer).eval()
+    expected = ref_mask(t, density, granularity, role, layer)
+    assert torch.equal(site.mask(t).expand(t.shape), expected)
+    site.train()
+    assert torch.equal(site.mask(t, refresh=True).expand(t.shape), expected)
+
+
+def test_keep_count_is_ceil_without_float_error() -> None:
+    for n in (1, 7, 10, 64, 1000, 12345):
+        for sparsity in (0.1, 0.3, 0.5, 0.7, 0.8, 0.9, 0.99):
+            d = 1 - sparsity
+            assert library_keep_count(d, n) == keep_count(d, n)
+    assert library_keep_count(1 - 0.7, 10) == 3
+    assert library_keep_count(0.001, 10) == 1
+
+
+def test_whole_tensor_keeps_exactly_k() -> None:
+    t = torch.randn(1000)
+    for density in (0.01, 0.3, 0.77):
+        site = TopK(1 - density, "nchw", "input", "linear").eval()
+        assert int(site.mask(t.view(10, 100)).sum()) == math.ceil(round(density * 1000, 6))
+
+
+def test_sparsity_zero_is_the_identity_and_runs_no_topk() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 16, 5))
+    transformed = swat_fx.transform(model, 0.0, sparsify_first=True)
+    assert "topk" not in transformed.code
+    assert not any(isinstance(m, TopK) for m in transformed.modules())
+    x = torch.randn(2, 3, 6, 6)
+    assert torch.equal(transformed(x), model(x))
+
+
+@pytest.mark.parametrize("granularity", GRANULARITIES)
+def test_nan_in_weight_reaches_the_output(granularity: str) -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(16, 8))
+    with torch.no_grad():
+        model[0].weight[3, 5] = float("nan")
+    transformed = swat_fx.transform(model, 0.9, granularity=granularity, sparsify_first=True)
+    x = torch.randn(4, 16)
+    y = transformed(x)
+    assert torch.equal(torch.isnan(y), torch.isnan(model(x)))
+    assert torch.isnan(y[:, 3]).all()
+
+
+@pytest.mark.parametrize("granularity", GRANULARITIES)
+def test_nan_in_activation_reaches_the_output_and_gradients(granularity: str) -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(4, 6, 3, padding=1))
+    transformed = swat_fx.transform(model, 0.9, granularity=granularity, sparsify_first=True,
+                                    sites={"fw_a", "fw_w", "bw_w"})
+    x = torch.randn(2, 4, 5, 5)
+    x[1, 2, 3, 3] = float("nan")
+    y = transformed(x)
+    assert torch.isnan(y[1]).any()
+    y.sum().backward()
+    assert torch.isnan(transformed.get_parameter("0.weight").grad).any()
+
+
+def test_inf_is_kept_like_nan() -> None:
+    t = torch.randn(4, 8)
+    t[0, 0] = float("inf")
+    t[1, 1] = float("-inf")
+    keep = TopK(0.95, "nchw", "input", "linear").eval().mask(t)
+    assert keep[0, 0] and keep[1, 1]
