@@ -86,3 +86,8 @@ def topk_mask(t: torch.Tensor, density: float, layout: MaskLayout) -> torch.Tens
     """The exact Top-K mask of `t` (bool, broadcastable to `t`): |v| >= the group's k-th largest."""
     s = scores(t, layout)
     return s >= group_thresholds(s, layout.group_dims, density)
+
+
+def apply_mask(t: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """`t` with the entries outside `keep` set to zero (`where`, so an inf outside stays no NaN)."""
+    return torch.where(keep, t, torch.zeros((), dtype=t.dtype, device=t.device))

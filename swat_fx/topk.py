@@ -6,12 +6,13 @@ and its state (step counter, stored threshold, achieved density) is in `state_di
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import torch
 import torch.nn as nn
 
-from swat_fx.masks import MaskLayout, group_thresholds, mask_layout, scores, topk_mask
+from swat_fx.masks import MaskLayout, apply_mask, group_thresholds, mask_layout, scores, topk_mask
 
 
 class TopK(nn.Module):
@@ -21,7 +22,7 @@ class TopK(nn.Module):
     - `differentiable=False`: the output is a constant (the layer's kernel takes it as W_s or X_s and
       still returns the gradient of the dense tensor);
     - `differentiable=True` (site `fw_a`): autograd masks the gradient with the same mask;
-    - `role="grad"` (site `bw_g`): identity in the forward, Top-K of the gradient in the backward.
+    - `role="grad"` (site `bw_g`): identity in the forward; a hook keeps the Top-K of the gradient.
     `backward_only` sites do nothing when no backward can follow (eval mode under `torch.no_grad()`).
     """
 
@@ -61,14 +62,16 @@ class TopK(nn.Module):
     def forward(self, t: torch.Tensor) -> torch.Tensor | None:
         refresh = self._next_step() if self.training else None
         if self.role == "grad":
-            return _SparsifyGrad.apply(t, self, refresh)
+            if t.requires_grad:  # a hook, not a Function: an in-place op (ReLU) may follow
+                t.register_hook(functools.partial(self._sparsify_grad, refresh=refresh))
+            return t
         if self.backward_only and not self.training and not torch.is_grad_enabled():
             return None
         keep = self.mask(t, refresh)
         if self.differentiable:
-            return torch.where(keep, t, torch.zeros((), dtype=t.dtype, device=t.device))
+            return apply_mask(t, keep)
         with torch.no_grad():
-            return torch.where(keep, t, torch.zeros((), dtype=t.dtype, device=t.device))
+            return apply_mask(t, keep)
 
     def layout(self, t: torch.Tensor) -> MaskLayout:
         return mask_layout(self.role, self.layer, self.granularity, t.dim())
@@ -89,6 +92,10 @@ class TopK(nn.Module):
         keep = s >= tau
         self.density.fill_(keep.float().mean())
         return keep
+
+    def _sparsify_grad(self, grad: torch.Tensor, refresh: bool | None) -> torch.Tensor:
+        """meProp's G_s (the hook sees dL/dY of the op's own output, even if Y is later modified in place)."""
+        return apply_mask(grad, self.mask(grad, refresh))
 
     def _next_step(self) -> bool:
         """Advance the step counter; True when this step refreshes the threshold exactly."""
@@ -122,17 +129,3 @@ class TopK(nn.Module):
         self.step.zero_()
         self.threshold = self.threshold.new_empty(0)
         self.density.fill_(1.0)
-
-
-class _SparsifyGrad(torch.autograd.Function):
-    """meProp's G_s: identity forward; the backward keeps the per-sample Top-K of the gradient."""
-
-    @staticmethod
-    def forward(ctx: Any, t: torch.Tensor, site: TopK, refresh: bool | None) -> torch.Tensor:
-        ctx.site, ctx.refresh = site, refresh
-        return t.view_as(t)
-
-    @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
-        keep = ctx.site.mask(grad, refresh=ctx.refresh)
-        return torch.where(keep, grad, torch.zeros((), dtype=grad.dtype, device=grad.device)), None, None

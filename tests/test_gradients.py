@@ -192,3 +192,25 @@ def test_double_precision_is_exact() -> None:
     torch.testing.assert_close(y.detach(), ref["y"], rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(x.grad, ref["dx"], rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(model.get_parameter("0.weight").grad, ref["dw"], rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("algorithm", sorted(ALGORITHM_SITES))
+def test_two_layers_with_inplace_relu_between(algorithm: str) -> None:
+    """G of the first layer is dL/dY1 even though an in-place ReLU overwrites Y1 (meProp's hook)."""
+    torch.manual_seed(5)
+    first, second = nn.Linear(10, 12), nn.Linear(12, 6)
+    model = swat_fx.transform(nn.Sequential(first, nn.ReLU(inplace=True), second), SPARSITY,
+                              algorithm=algorithm, sparsify_first=True)
+    x = torch.randn(4, 10)
+    y = model(x)
+    g = torch.randn_like(y)
+    y.backward(g)
+    sites, d = ALGORITHM_SITES[algorithm], 1 - SPARSITY
+    with torch.no_grad():
+        y1 = ref_layer("linear", x, first.weight, first.bias, torch.zeros(4, 12), sites, d, "nchw")["y"]
+        ref2 = ref_layer("linear", y1.relu(), second.weight, second.bias, g, sites, d, "nchw")
+        ref1 = ref_layer("linear", x, first.weight, first.bias, ref2["dx"] * (y1 > 0), sites, d, "nchw")
+    _close(y.detach(), ref2["y"])
+    _close(model.get_parameter("2.weight").grad, ref2["dw"])
+    _close(model.get_parameter("0.weight").grad, ref1["dw"])
+    _close(model.get_parameter("0.bias").grad, ref1["db"])
