@@ -49,11 +49,11 @@ def _sparsify(
     return gm.graph.create_node("call_module", target, (value,), name=_node_name(op, f"_{slot}_s"))
 
 
-def _rewrite(gm: fx.GraphModule, node: fx.Node, op: SparsifiableOp, config: SwatConfig) -> None:
+def _rewrite(gm: fx.GraphModule, node: fx.Node, op: SparsifiableOp, config: SwatConfig, x: fx.Node) -> fx.Node:
+    """Replace `node` (whose input is now `x`) by its SWAT form; return the node that replaces it."""
     sites = config.active_sites
     graph = gm.graph
     with graph.inserting_before(node):
-        x = op.input
         if op.pad_mode is not None:
             mode, pad = op.pad_mode
             x = graph.call_function(F.pad, (x, pad), {"mode": mode})
@@ -71,7 +71,8 @@ def _rewrite(gm: fx.GraphModule, node: fx.Node, op: SparsifiableOp, config: Swat
         elif "bw_a" in sites:
             kwargs["input_bwd"] = _sparsify(gm, op, config, "x", x, backward_only=True)
         target = ops.linear if op.kind == "linear" else ops.conv
-        result = graph.call_function(target, (x, weight, bias), {**op.conv, **kwargs, "kernel": "masked"})
+        result = graph.create_node("call_function", target, (x, weight, bias),
+                                   {**op.conv, **kwargs, "kernel": "masked"}, name=_node_name(op, "_y"))
         result.meta[META_KEY] = op
     if "bw_g" in sites:
         with graph.inserting_after(result):
@@ -80,6 +81,7 @@ def _rewrite(gm: fx.GraphModule, node: fx.Node, op: SparsifiableOp, config: Swat
         output = result
     node.replace_all_uses_with(output)
     graph.erase_node(node)
+    return output
 
 
 def _erase_dead_transposes(graph: fx.Graph) -> None:
@@ -93,12 +95,11 @@ def insert_sparsification(gm: fx.GraphModule, config: SwatConfig) -> fx.GraphMod
     """Replace every op with sparsity > 0 by its SWAT form (nothing changes for `algorithm="dense"`)."""
     if not config.active_sites:
         return gm
-    # Last op first: an op's input node may be an earlier op that is rewritten later, and
-    # `replace_all_uses_with` then updates the arguments of the nodes already inserted.
-    for node in reversed(sparsifiable_nodes(gm)):
+    replaced: dict[fx.Node, fx.Node] = {}  # an op's recorded input may be an op rewritten before it
+    for node in sparsifiable_nodes(gm):
         op = node.meta[META_KEY]
         if op.sparsity > 0.0:
-            _rewrite(gm, node, op, config)
+            replaced[node] = _rewrite(gm, node, op, config, replaced.get(op.input, op.input))
     _erase_dead_transposes(gm.graph)
     gm.recompile()
     return gm

@@ -214,3 +214,22 @@ def test_two_layers_with_inplace_relu_between(algorithm: str) -> None:
     _close(model.get_parameter("2.weight").grad, ref2["dw"])
     _close(model.get_parameter("0.weight").grad, ref1["dw"])
     _close(model.get_parameter("0.bias").grad, ref1["db"])
+
+
+def test_padding_mode_pads_before_the_sparse_conv() -> None:
+    """nn.Conv2d(padding_mode="reflect") pads first; the SWAT conv's input X is the padded tensor."""
+    torch.manual_seed(6)
+    layer = nn.Conv2d(3, 4, 3, padding=1, padding_mode="reflect")
+    model = swat_fx.transform(nn.Sequential(layer), SPARSITY, sparsify_first=True)
+    x = torch.randn(2, 3, 6, 6, requires_grad=True)
+    y = model(x)
+    g = torch.randn_like(y)
+    y.backward(g)
+    x0 = x.detach().requires_grad_()
+    padded = F.pad(x0, (1, 1, 1, 1), mode="reflect")
+    ref = ref_layer("conv2d", padded.detach(), layer.weight.detach(), layer.bias.detach(), g,
+                    ALGORITHM_SITES["swat"], 1 - SPARSITY, "nchw")
+    (expected_dx,) = torch.autograd.grad(padded, x0, ref["dx"])
+    _close(y.detach(), ref["y"])
+    _close(model.get_parameter("0.weight").grad, ref["dw"])
+    _close(x.grad, expected_dx)
