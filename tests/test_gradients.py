@@ -233,3 +233,15 @@ def test_padding_mode_pads_before_the_sparse_conv() -> None:
     _close(y.detach(), ref["y"])
     _close(model.get_parameter("0.weight").grad, ref["dw"])
     _close(x.grad, expected_dx)
+
+
+@pytest.mark.parametrize("algorithm", ["dense", "saw", "meprop"])
+def test_dense_forward_algorithms_match_the_original_model_exactly(algorithm: str) -> None:
+    """Where the forward computation is the same as dense PyTorch, the result is bit-identical."""
+    torch.manual_seed(7)
+    from swat_fx import models
+
+    model = models.small_cnn().eval()
+    transformed = swat_fx.transform(model, 0.9, algorithm=algorithm).eval()
+    x = torch.randn(5, 1, 8, 8)
+    assert torch.equal(transformed(x), model(x))
