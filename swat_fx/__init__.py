@@ -23,3 +23,24 @@ __all__ = [
     "transform",
 ]
 __version__ = "0.1.0"
+
+# Backends with optional or heavy dependencies load on first use, so `import swat_fx` stays light and
+# never imports ONNX or ONNX Runtime: name -> module that defines it.
+_LAZY = {
+    "export_onnx": "swat_fx.export",
+    "export_ort_training": "swat_fx.export",
+    "to_accel_ir": "swat_fx.accel",
+    "save_ir": "swat_fx.accel",
+    "estimate_cost": "swat_fx.accel",
+    "Accelerator": "swat_fx.accel",
+    "CostReport": "swat_fx.accel",
+    "monitor": "swat_fx.monitor",
+}
+
+
+def __getattr__(name: str) -> object:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'swat_fx' has no attribute {name!r}")
