@@ -98,3 +98,20 @@ def test_inf_is_kept_like_nan() -> None:
     t[1, 1] = float("-inf")
     keep = TopK(0.95, "nchw", "input", "linear").eval().mask(t)
     assert keep[0, 0] and keep[1, 1]
+
+
+@pytest.mark.parametrize("density", [0.001, 0.1, 0.3, 0.5, 0.8, 0.999])
+@pytest.mark.parametrize("data", ["normal", "relu", "few_values"])
+def test_large_tensors_select_the_exact_threshold(data: str, density: float) -> None:
+    """The fast selection path (large groups) agrees with a full sort, also with many ties."""
+    from swat_fx.masks import kth_largest
+
+    torch.manual_seed(8)
+    t = torch.randn(2, 300_000)
+    if data == "relu":
+        t = t.relu()  # half of the entries tie at zero
+    elif data == "few_values":
+        t = torch.randint(0, 5, t.shape).float()
+    k = keep_count(density, t.shape[1])
+    expected = t.sort(dim=1, descending=True).values[:, k - 1]
+    assert torch.equal(kth_largest(t, k), expected)
