@@ -13,6 +13,8 @@ from swat_fx.passes.find_sparsifiable_ops import (
     sparsifiable_nodes,
 )
 from swat_fx.passes.insert_sparsification import STATE_ROOT, insert_sparsification, state_path
+from swat_fx.passes.share_sparsified_inputs import share_sparsified_inputs
+from swat_fx.passes.use_bitmask_relu import use_bitmask_relu
 
 __all__ = [
     "META_KEY",
@@ -23,6 +25,8 @@ __all__ = [
     "erk_densities",
     "find_sparsifiable_ops",
     "insert_sparsification",
+    "share_sparsified_inputs",
     "sparsifiable_nodes",
     "state_path",
+    "use_bitmask_relu",
 ]

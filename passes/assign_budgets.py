@@ -12,9 +12,9 @@ import math
 from collections.abc import Sequence
 
 import torch.fx as fx
-from swat_fx.passes.find_sparsifiable_ops import META_KEY, SparsifiableOp, sparsifiable_nodes
 
 from swat_fx.config import SwatConfig
+from swat_fx.passes.find_sparsifiable_ops import META_KEY, SparsifiableOp, sparsifiable_nodes
 
 
 def erk_densities(shapes: Sequence[Sequence[int]], density: float) -> list[float]:

@@ -1,8 +1,17 @@
-"""Pass: choose the eager kernel that runs each SWAT op.
+"""Pass: choose the kernel of each SWAT op, and the format its Top-K sites hand over.
 
-Pre: `insert_sparsification` ran. Post: every `swat_fx.ops` call has its `kernel` keyword set:
-`"dense"` where no operand of the product itself is sparse (meProp's G_s and fw_a's X_s are applied
-around the op), else the configured kernel (`"auto"` picks `"masked"`).
+Pre: `insert_sparsification` ran. Post: every `swat_fx.ops` call has its `kernel` keyword set, and the
+`TopK` nodes feeding its backward operands a matching `format` keyword:
+
+| kernel       | operands                                   | chosen by `kernel="auto"` for      |
+|--------------|--------------------------------------------|------------------------------------|
+| `dense`      | none sparse (meProp's G_s, fw_a's X_s are applied around the op) | those ops |
+| `compact`    | `KeptUnits`: products on the kept filters/channels only | `granularity="filter"`, groups=1 |
+| `masked`     | zero-filled dense tensors                  | every other op                     |
+| `compressed` | W_s as parameter + bitmap, X_s as values + bitmap (less memory, some time) | never |
+
+A configured kernel (`SwatConfig.kernel`) overrides the choice; `compact` falls back to `masked` for
+grouped convolutions.
 """
 
 from __future__ import annotations
@@ -13,17 +22,28 @@ from swat_fx import ops
 from swat_fx.config import SwatConfig
 
 _SPARSE_OPERANDS = ("weight_fwd", "weight_bwd", "input_bwd")
+_FORMAT = {"masked": "dense", "compressed": "compressed", "compact": "units"}
 
 
 def choose_kernel(node: fx.Node, config: SwatConfig) -> str:
     if all(node.kwargs.get(key) is None for key in _SPARSE_OPERANDS):
         return "dense"
-    return "masked" if config.kernel == "auto" else config.kernel
+    groups = node.kwargs.get("groups", 1)
+    kernel = config.kernel
+    if kernel == "auto":
+        kernel = "compact" if config.granularity == "filter" else "masked"
+    return "masked" if kernel == "compact" and groups != 1 else kernel
 
 
 def choose_kernels(gm: fx.GraphModule, config: SwatConfig) -> fx.GraphModule:
     for node in gm.graph.nodes:
-        if node.op == "call_function" and node.target in ops.SWAT_OPS:
-            node.update_kwarg("kernel", choose_kernel(node, config))
+        if node.op != "call_function" or node.target not in ops.SWAT_OPS:
+            continue
+        kernel = choose_kernel(node, config)
+        node.update_kwarg("kernel", kernel)
+        for key in _SPARSE_OPERANDS:
+            site = node.kwargs.get(key)
+            if site is not None and _FORMAT[kernel] != "dense":
+                site.update_kwarg("format", _FORMAT[kernel])
     gm.recompile()
     return gm

@@ -16,10 +16,10 @@ from __future__ import annotations
 
 import torch.fx as fx
 import torch.nn.functional as F
-from swat_fx.passes.find_sparsifiable_ops import META_KEY, SparsifiableOp, is_transpose, sparsifiable_nodes
 
 from swat_fx import ops
 from swat_fx.config import SwatConfig
+from swat_fx.passes.find_sparsifiable_ops import META_KEY, SparsifiableOp, is_transpose, sparsifiable_nodes
 from swat_fx.topk import TopK
 
 STATE_ROOT = "swat"

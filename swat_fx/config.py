@@ -19,7 +19,7 @@ ALGORITHMS: dict[str, frozenset[str]] = {
 GRANULARITIES: tuple[str, ...] = ("nchw", "chw", "hw", "kernel", "filter")
 STRUCTURED_GRANULARITIES: frozenset[str] = frozenset({"kernel", "filter"})
 DISTRIBUTIONS: tuple[str, ...] = ("uniform", "erk")
-KERNELS: tuple[str, ...] = ("auto", "masked")
+KERNELS: tuple[str, ...] = ("auto", "masked", "compressed", "compact")
 
 
 def _check_choice(option: str, value: Any, valid: Iterable[str]) -> None:
@@ -78,6 +78,9 @@ class SwatConfig:
         _check_choice("granularity", self.granularity, GRANULARITIES)
         _check_choice("distribution", self.distribution, DISTRIBUTIONS)
         _check_choice("kernel", self.kernel, KERNELS)
+        if self.kernel == "compact" and self.granularity != "filter":
+            raise ValueError("kernel='compact' computes on whole kept filters and channels: it needs "
+                             f"granularity='filter', got {self.granularity!r}")
         if isinstance(self.period, bool) or not isinstance(self.period, int) or self.period < 1:
             raise ValueError(f"period must be an integer >= 1 (steps between exact Top-K), got {self.period!r}")
         overrides = {str(k): check_sparsity(v, f"layer_sparsity[{k!r}]") for k, v in self.layer_sparsity.items()}

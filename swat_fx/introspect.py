@@ -9,11 +9,11 @@ import torch
 import torch.fx as fx
 from torch.fx.passes.shape_prop import ShapeProp
 
-from swat_fx.passes import META_KEY, SparsifiableOp, sparsifiable_nodes, state_path
+from swat_fx.passes import META_KEY, SparsifiableOp, sparsifiable_nodes
 from swat_fx.topk import TopK
 from swat_fx.transform import CONFIG_ATTR
 
-_SITE_SLOTS = {"weight": "w_topk", "input": "x_topk", "grad": "g_topk"}
+_ROLES = ("weight", "input", "grad")
 
 
 @dataclass(frozen=True)
@@ -56,6 +56,15 @@ def _shape(node: object) -> tuple[int, ...] | None:
     return tuple(meta.shape) if meta is not None and hasattr(meta, "shape") else None
 
 
+def _sites_of(model: fx.GraphModule, node: fx.Node) -> list[TopK]:
+    """The `TopK` modules that feed (or, for gradients, follow) the op at `node`."""
+    candidates = [*node.kwargs.values(), *node.args, *node.users]
+    return [
+        model.get_submodule(c.target) for c in dict.fromkeys(candidates)
+        if isinstance(c, fx.Node) and c.op == "call_module" and isinstance(model.get_submodule(c.target), TopK)
+    ]
+
+
 def layers(model: fx.GraphModule, example_inputs: Sequence[torch.Tensor] | None = None) -> list[LayerInfo]:
     """Every sparsifiable op of a `swat_fx.transform`-ed model, in graph order (dense ones included,
     with empty `sites`). Pass `example_inputs` to fill in input and output shapes."""
@@ -68,12 +77,8 @@ def layers(model: fx.GraphModule, example_inputs: Sequence[torch.Tensor] | None 
     for node in sparsifiable_nodes(model):
         op: SparsifiableOp = node.meta[META_KEY]
         sites = config.active_sites if op.sparsity > 0 else frozenset()
-        state = model.get_submodule(state_path(op)) if sites else None
-        achieved = {
-            role: float(site.density)
-            for role, slot in _SITE_SLOTS.items()
-            if isinstance(site := getattr(state, slot, None), TopK)
-        }
+        achieved = {site.role: float(site.density) for site in _sites_of(model, node)}
+
         def target(*on: str, sites: frozenset[str] = sites, s: float = op.sparsity) -> float:
             return s if sites.intersection(on) else 0.0
 
@@ -91,7 +96,7 @@ def format_layers(infos: Sequence[LayerInfo]) -> str:
     header = f"{'layer':<28} {'kind':<7} {'weight':<16} {'sparsity':>8} {'kept W':>7} {'kept X':>7} {'kept G':>7}"
     rows = [header, "-" * len(header)]
     for info in infos:
-        kept = [f"{info.achieved[r]:7.3f}" if r in info.achieved else f"{'-':>7}" for r in _SITE_SLOTS]
+        kept = [f"{info.achieved[r]:7.3f}" if r in info.achieved else f"{'-':>7}" for r in _ROLES]
         rows.append(
             f"{info.name:<28} {info.kind:<7} {'x'.join(map(str, info.weight_shape)):<16} "
             f"{info.sparsity:8.2f} {' '.join(kept)}"

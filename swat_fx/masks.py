@@ -66,11 +66,14 @@ def mask_layout(role: str, layer: str, granularity: str, ndim: int) -> MaskLayou
 
 
 def scores(t: torch.Tensor, layout: MaskLayout) -> torch.Tensor:
-    """Magnitudes (or L1 scores of structured units), with NaN as +inf so it is always kept."""
+    """Magnitudes, or L1 scores of structured units (a unit holding a NaN scores NaN)."""
     mag = t.detach().abs()
-    if layout.score_dims:
-        mag = mag.sum(layout.score_dims, keepdim=True)
-    return torch.nan_to_num(mag, nan=math.inf)
+    return mag.sum(layout.score_dims, keepdim=True) if layout.score_dims else mag
+
+
+def keep_mask(s: torch.Tensor, tau: torch.Tensor) -> torch.Tensor:
+    """`s >= tau`, written so that a NaN score compares as kept: NaN is never silently dropped."""
+    return ~(s < tau)
 
 
 _SAMPLE = 16384  # entries per group sampled to bracket the threshold
@@ -118,9 +121,10 @@ def kth_largest(groups: torch.Tensor, k: int) -> torch.Tensor:
 
 
 def group_thresholds(s: torch.Tensor, group_dims: tuple[int, ...], density: float) -> torch.Tensor:
-    """The k-th largest score of each group, with group dims kept as 1 (scores hold no NaN)."""
+    """The k-th largest score of each group, with group dims kept as 1 (NaN ranks as +inf)."""
     kept = [d for d in range(s.dim()) if d not in group_dims]
     groups = s.permute(*kept, *group_dims).reshape(math.prod(s.shape[d] for d in kept), -1)
+    groups = torch.nan_to_num(groups, nan=math.inf)
     tau = kth_largest(groups, keep_count(density, groups.shape[1]))
     return tau.reshape([1 if d in group_dims else s.shape[d] for d in range(s.dim())])
 
@@ -128,9 +132,16 @@ def group_thresholds(s: torch.Tensor, group_dims: tuple[int, ...], density: floa
 def topk_mask(t: torch.Tensor, density: float, layout: MaskLayout) -> torch.Tensor:
     """The exact Top-K mask of `t` (bool, broadcastable to `t`): |v| >= the group's k-th largest."""
     s = scores(t, layout)
-    return s >= group_thresholds(s, layout.group_dims, density)
+    return keep_mask(s, group_thresholds(s, layout.group_dims, density))
 
 
 def apply_mask(t: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
     """`t` with the entries outside `keep` set to zero (`where`, so an inf outside stays no NaN)."""
     return torch.where(keep, t, torch.zeros((), dtype=t.dtype, device=t.device))
+
+
+def apply_threshold(t: torch.Tensor, tau: torch.Tensor) -> torch.Tensor:
+    """`t` with |v| < tau set to zero, for one scalar threshold: a single fused pass (hardshrink keeps
+    |v| > λ, and λ is the float just below tau, so |v| >= tau is kept; NaN passes through)."""
+    below = torch.nextafter(tau.reshape(()), torch.tensor(-math.inf, dtype=tau.dtype, device=tau.device))
+    return torch.nn.functional.hardshrink(t, float(below))

@@ -53,4 +53,10 @@ def linear(
     )
 
 
+def relu(input: torch.Tensor) -> torch.Tensor:
+    """ReLU that keeps 1 bit an entry for its backward instead of its output, so an activation that
+    feeds only SWAT ops (which save it compressed) is freed after the forward."""
+    return eager.relu(input)
+
+
 SWAT_OPS = (conv, linear)

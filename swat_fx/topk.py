@@ -12,7 +12,16 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from swat_fx.masks import MaskLayout, apply_mask, group_thresholds, mask_layout, scores, topk_mask
+from swat_fx.masks import (
+    MaskLayout,
+    apply_mask,
+    apply_threshold,
+    group_thresholds,
+    keep_mask,
+    mask_layout,
+    scores,
+)
+from swat_fx.operands import CompressedTensor, KeptFilters, KeptUnits, MaskedParameter, SparseOperand
 
 
 class TopK(nn.Module):
@@ -59,7 +68,9 @@ class TopK(nn.Module):
             f"period={self.period}" + (f", {mode}" if mode else "")
         )
 
-    def forward(self, t: torch.Tensor) -> torch.Tensor | None:
+    def forward(self, t: torch.Tensor, format: str = "dense") -> torch.Tensor | SparseOperand | None:
+        """The sparsified tensor: zero-filled (`"dense"`), or as a `swat_fx.operands` format that the
+        kernel saves for backward (`"compressed"`, `"units"`), as chosen by the `choose_kernels` pass."""
         refresh = self._next_step() if self.training else None
         if self.role == "grad":
             if t.requires_grad:  # a hook, not a Function: an in-place op (ReLU) may follow
@@ -67,31 +78,54 @@ class TopK(nn.Module):
             return t
         if self.backward_only and not self.training and not torch.is_grad_enabled():
             return None
-        keep = self.mask(t, refresh)
-        if self.differentiable:
+        layout = self.layout(t)
+        s, tau = self._scores_and_threshold(t, layout, refresh)
+        if format == "dense" and not layout.score_dims and tau.numel() == 1:
+            with torch.set_grad_enabled(self.differentiable and torch.is_grad_enabled()):
+                out = apply_threshold(t, tau)
+            if refresh is not None:
+                self.density.fill_(torch.count_nonzero(out != 0) / out.numel())
+            return out
+        keep = keep_mask(s, tau)
+        if refresh is not None:
+            self.density.fill_(torch.count_nonzero(keep) / keep.numel())
+        if format == "compressed":
+            return (MaskedParameter if self.role == "weight" else CompressedTensor).compress(t, keep)
+        if format == "units":
+            return KeptFilters.select(t, keep) if self.role == "weight" else KeptUnits.select(t, keep, self.unit_dim)
+        with torch.set_grad_enabled(self.differentiable and torch.is_grad_enabled()):
             return apply_mask(t, keep)
-        with torch.no_grad():
-            return apply_mask(t, keep)
+
+    @property
+    def unit_dim(self) -> int:
+        """The dim whose slices are the structured units: filters of a weight, channels/features of an input."""
+        if self.role == "weight":
+            return 0
+        return -1 if self.layer == "linear" else 1
 
     def layout(self, t: torch.Tensor) -> MaskLayout:
         return mask_layout(self.role, self.layer, self.granularity, t.dim())
 
     def mask(self, t: torch.Tensor, refresh: bool | None = None) -> torch.Tensor:
-        """The keep-mask of `t`. `refresh=None`: exact Top-K, no state change (eval mode); True: exact
-        Top-K, threshold stored; False: the stored threshold is reused."""
+        """The keep-mask of `t` (broadcastable). `refresh=None`: exact Top-K, no state change (eval
+        mode); True: exact Top-K, threshold stored; False: the stored threshold is reused."""
         layout = self.layout(t)
-        if refresh is None:
-            return topk_mask(t, self.target_density, layout)
+        keep = keep_mask(*self._scores_and_threshold(t, layout, refresh))
+        if refresh is not None:
+            self.density.fill_(torch.count_nonzero(keep) / keep.numel())
+        return keep
+
+    def _scores_and_threshold(
+        self, t: torch.Tensor, layout: MaskLayout, refresh: bool | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         s = scores(t, layout)
+        if refresh is False:
+            return s, self.threshold.view(self._stored_shape(s, layout))
+        tau = group_thresholds(s, layout.group_dims, self.target_density)
         if refresh:
-            tau = group_thresholds(s, layout.group_dims, self.target_density)
             stored = tau.mean(layout.batch_dims, keepdim=True) if layout.batch_dims else tau
             self.threshold = stored.detach().flatten().clone()
-        else:
-            tau = self.threshold.view(self._stored_shape(s, layout))
-        keep = s >= tau
-        self.density.fill_(keep.float().mean())
-        return keep
+        return s, tau
 
     def _sparsify_grad(self, grad: torch.Tensor, refresh: bool | None) -> torch.Tensor:
         """meProp's G_s (the hook sees dL/dY of the op's own output, even if Y is later modified in place)."""

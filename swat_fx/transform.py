@@ -14,7 +14,9 @@ from swat_fx.passes import (
     choose_kernels,
     find_sparsifiable_ops,
     insert_sparsification,
+    share_sparsified_inputs,
     sparsifiable_nodes,
+    use_bitmask_relu,
 )
 from swat_fx.trace import trace
 
@@ -43,6 +45,8 @@ def transform(model: nn.Module, sparsity: float | None = None, *, config: SwatCo
     gm = assign_budgets(gm, config)
     gm = insert_sparsification(gm, config)
     gm = choose_kernels(gm, config)
+    gm = share_sparsified_inputs(gm)
+    gm = use_bitmask_relu(gm)
     gm.graph.lint()
     setattr(gm, CONFIG_ATTR, config)
     return gm.train(model.training)

@@ -71,6 +71,18 @@ def test_every_algorithm_and_granularity_matches_reference(case: str, algorithm:
     _check_single_layer(case, granularity, ALGORITHM_SITES[algorithm])
 
 
+KERNEL_CASES = [(kernel, granularity) for kernel in ("masked", "compressed") for granularity in GRANULARITIES]
+KERNEL_CASES.append(("compact", "filter"))
+
+
+@pytest.mark.parametrize(("kernel", "granularity"), KERNEL_CASES)
+@pytest.mark.parametrize("algorithm", ["swat", "saw"])
+@pytest.mark.parametrize("case", sorted(LAYER_CASES))
+def test_every_kernel_matches_reference(case: str, algorithm: str, kernel: str, granularity: str) -> None:
+    """The fast paths (compressed storage, compact structured products) against the plain reference."""
+    _check_single_layer(case, granularity, ALGORITHM_SITES[algorithm], kernel=kernel)
+
+
 SITE_SUBSETS = [frozenset(c) for r in range(1, 6) for c in itertools.combinations(ALL_SITES, r)]
 
 

@@ -1,9 +1,11 @@
-"""Autograd kernels for SWAT conv and linear ops.
+"""Autograd kernels for SWAT conv, linear and the bit-mask ReLU.
 
-Each kernel takes the dense parameter `weight` (whose gradient it returns, dense: SPEC §2) and the
-operands each product should use: `weight_fwd` for Y, `weight_bwd` for dX, `input_bwd` for dW. `None`
-means "the dense tensor". Only the operands the backward needs are saved, so a dense activation that
-has been replaced by `input_bwd` is not kept alive by this op.
+A SWAT kernel takes the dense parameter `weight` (whose gradient it returns, dense: SPEC §2) and the
+operand each product uses: `weight_fwd` for Y, `weight_bwd` for dX, `input_bwd` for dW (`None`: the
+dense tensor). An operand is a zero-filled tensor or a `swat_fx.operands` format:
+`CompressedTensor`/`MaskedParameter` are only stored compactly, `KeptUnits` is also computed on
+compactly (only the kept filters / channels enter the product). Only the backward operands are saved,
+so a dense activation replaced by `input_bwd` is not kept alive by the op.
 """
 
 from __future__ import annotations
@@ -14,21 +16,33 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from swat_fx.operands import (
+    UNITS,
+    Operand,
+    flatten_operand,
+    pack_bits,
+    to_dense,
+    unflatten_operand,
+    unpack_bits,
+)
+
 Padding = str | Sequence[int]
 
 
-def _same_padding(weight: torch.Tensor, dilation: Sequence[int]) -> tuple[list[int], list[int]]:
+def _same_padding(weight_shape: Sequence[int], dilation: Sequence[int]) -> tuple[list[int], list[int]]:
     """PyTorch's `padding="same"`: symmetric part, and the extra right padding of even kernels."""
-    total = [d * (k - 1) for d, k in zip(dilation, weight.shape[2:], strict=True)]
+    total = [d * (k - 1) for d, k in zip(dilation, weight_shape[2:], strict=True)]
     left = [p // 2 for p in total]
     return left, [p - 2 * lo for p, lo in zip(total, left, strict=True)]
 
 
-def resolve_padding(padding: Padding, weight: torch.Tensor, dilation: Sequence[int]) -> tuple[list[int], list[int]]:
+def resolve_padding(
+    padding: Padding, weight_shape: Sequence[int], dilation: Sequence[int]
+) -> tuple[list[int], list[int]]:
     """(symmetric padding per dim, extra right padding per dim) for any `padding` a conv accepts."""
-    spatial = weight.dim() - 2
+    spatial = len(weight_shape) - 2
     if padding == "same":
-        return _same_padding(weight, dilation)
+        return _same_padding(weight_shape, dilation)
     if padding == "valid":
         return [0] * spatial, [0] * spatial
     padding = list(padding) if isinstance(padding, Sequence) else [padding] * spatial
@@ -41,45 +55,102 @@ def _pad_right(t: torch.Tensor, extra: Sequence[int]) -> torch.Tensor:
     return F.pad(t, [p for e in reversed(extra) for p in (0, e)])
 
 
-class _MaskedConv(torch.autograd.Function):
+def _save_operands(ctx: Any, *operands: Operand) -> None:
+    tensors, specs = [], []
+    for operand in operands:
+        parts, spec = flatten_operand(operand)
+        tensors.extend(parts)
+        specs.append((spec, len(parts)))
+    ctx.save_for_backward(*tensors)
+    ctx.operand_specs = specs
+
+
+def _saved_operands(ctx: Any) -> list[Operand]:
+    saved, operands, start = ctx.saved_tensors, [], 0
+    for spec, count in ctx.operand_specs:
+        operands.append(unflatten_operand(spec, saved[start:start + count]))
+        start += count
+    return operands
+
+
+def _scatter_units(kept: torch.Tensor, index: torch.Tensor, dim: int, size: int,
+                   bias: torch.Tensor | None) -> torch.Tensor:
+    """The full output of a product computed for the kept output units only: the others are the bias."""
+    shape = list(kept.shape)
+    shape[dim] = size
+    if bias is None:
+        out = kept.new_zeros(shape)
+    else:
+        view = [1] * len(shape)
+        view[dim] = size
+        out = bias.detach().view(view).expand(shape).clone()
+    return out.index_copy_(dim, index, kept)
+
+
+def _placeholder(like: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
+    """A stand-in of the right shape for an operand whose values a gradient does not read."""
+    return like.new_empty(()).expand(*shape)
+
+
+class _SwatConv(torch.autograd.Function):
     @staticmethod
     def forward(
         ctx: Any, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
-        weight_fwd: torch.Tensor, weight_bwd: torch.Tensor, input_bwd: torch.Tensor,
+        weight_fwd: Operand, weight_bwd: Operand, input_bwd: Operand,
         stride: list[int], padding: list[int], extra: list[int], dilation: list[int], groups: int,
     ) -> torch.Tensor:
         ctx.conv_args = (stride, padding, dilation, False, [0] * len(stride), groups)
-        ctx.extra, ctx.input_shape = extra, x.shape
+        ctx.extra, ctx.input_shape, ctx.weight_shape = extra, x.shape, weight.shape
         ctx.bias_sizes = None if bias is None else list(bias.shape)
-        ctx.save_for_backward(input_bwd, weight_bwd)
-        return torch.convolution(_pad_right(x, extra), weight_fwd, bias, *ctx.conv_args)
+        _save_operands(ctx, weight_bwd, input_bwd)
+        x = _pad_right(x, extra)
+        if isinstance(weight_fwd, UNITS):
+            kept_bias = None if bias is None else bias.index_select(0, weight_fwd.index)
+            kept = torch.convolution(x, weight_fwd.values, kept_bias, *ctx.conv_args)
+            return _scatter_units(kept, weight_fwd.index, 1, weight.shape[0], bias)
+        return torch.convolution(x, to_dense(weight_fwd), bias, *ctx.conv_args)
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        input_bwd, weight_bwd = ctx.saved_tensors
-        needs = [ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.bias_sizes is not None]
-        dx, dw, db = torch.ops.aten.convolution_backward(
-            grad, _pad_right(input_bwd, ctx.extra), weight_bwd, ctx.bias_sizes, *ctx.conv_args, needs
-        )
-        if dx is not None and any(ctx.extra):
-            dx = dx[(..., *(slice(0, n) for n in ctx.input_shape[2:]))]
+        weight_bwd, input_bwd = _saved_operands(ctx)
+        padded_shape = list(ctx.input_shape[:2]) + [n + e for n, e in zip(ctx.input_shape[2:], ctx.extra, strict=True)]
+        dx = dw = None
+        if ctx.needs_input_grad[0]:
+            w, g = weight_bwd, grad
+            if isinstance(w, UNITS):
+                w, g = w.values, grad.index_select(1, w.index)
+            dx = torch.ops.aten.convolution_backward(
+                g, _placeholder(grad, padded_shape), to_dense(w), None, *ctx.conv_args, [True, False, False])[0]
+            if any(ctx.extra):
+                dx = dx[(..., *(slice(0, n) for n in ctx.input_shape[2:]))]
+        if ctx.needs_input_grad[1]:
+            x = input_bwd.values if isinstance(input_bwd, UNITS) else to_dense(input_bwd)
+            weight_shape = list(ctx.weight_shape)
+            weight_shape[1] = x.shape[1] // ctx.conv_args[-1]
+            dw = torch.ops.aten.convolution_backward(
+                grad, _pad_right(x, ctx.extra), _placeholder(grad, weight_shape), None, *ctx.conv_args,
+                [False, True, False])[1]
+            if isinstance(input_bwd, UNITS):
+                dw = grad.new_zeros(ctx.weight_shape).index_copy_(1, input_bwd.index, dw)
+        db = grad.sum([d for d in range(grad.dim()) if d != 1]) if ctx.bias_sizes is not None else None
         return dx, dw, db, None, None, None, None, None, None, None, None
 
 
-def conv_masked(
+def conv_swat(
     x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, *,
     stride: Sequence[int], padding: Padding, dilation: Sequence[int], groups: int,
-    weight_fwd: torch.Tensor | None = None, weight_bwd: torch.Tensor | None = None,
-    input_bwd: torch.Tensor | None = None,
+    weight_fwd: Operand | None = None, weight_bwd: Operand | None = None, input_bwd: Operand | None = None,
 ) -> torch.Tensor:
-    """Conv with separately sparsified operands for Y, dX and dW, on dense (zero-filled) tensors."""
+    """Conv with separately sparsified operands for Y, dX and dW."""
     if weight.dim() != x.dim():
         raise ValueError(
             f"SWAT conv got an input of shape {tuple(x.shape)} for a weight of shape {tuple(weight.shape)}: "
             "unbatched inputs are not supported, add a batch dimension (x.unsqueeze(0))"
         )
-    sym, extra = resolve_padding(padding, weight, dilation)
-    return _MaskedConv.apply(
+    if groups != 1 and any(isinstance(o, UNITS) for o in (weight_fwd, weight_bwd, input_bwd)):
+        raise ValueError("the compact conv kernel needs groups=1; use kernel='masked'")
+    sym, extra = resolve_padding(padding, weight.shape, dilation)
+    return _SwatConv.apply(
         x, weight, bias,
         weight if weight_fwd is None else weight_fwd,
         weight if weight_bwd is None else weight_bwd,
@@ -97,33 +168,45 @@ def conv_dense(
     return conv(x, weight, bias, stride, padding, dilation, groups)
 
 
-class _MaskedLinear(torch.autograd.Function):
+class _SwatLinear(torch.autograd.Function):
     @staticmethod
     def forward(
         ctx: Any, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
-        weight_fwd: torch.Tensor, weight_bwd: torch.Tensor, input_bwd: torch.Tensor,
+        weight_fwd: Operand, weight_bwd: Operand, input_bwd: Operand,
     ) -> torch.Tensor:
-        ctx.has_bias = bias is not None
-        ctx.save_for_backward(input_bwd, weight_bwd)
-        return F.linear(x, weight_fwd, bias)
+        ctx.has_bias, ctx.weight_shape = bias is not None, weight.shape
+        _save_operands(ctx, weight_bwd, input_bwd)
+        if isinstance(weight_fwd, UNITS):
+            kept_bias = None if bias is None else bias.index_select(0, weight_fwd.index)
+            kept = F.linear(x, weight_fwd.values, kept_bias)
+            return _scatter_units(kept, weight_fwd.index, -1, weight.shape[0], bias)
+        return F.linear(x, to_dense(weight_fwd), bias)
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        input_bwd, weight_bwd = ctx.saved_tensors
+        weight_bwd, input_bwd = _saved_operands(ctx)
         rows = grad.reshape(-1, grad.shape[-1])
-        dx = grad @ weight_bwd if ctx.needs_input_grad[0] else None
-        dw = rows.t() @ input_bwd.reshape(-1, input_bwd.shape[-1]) if ctx.needs_input_grad[1] else None
+        dx = dw = None
+        if ctx.needs_input_grad[0]:
+            if isinstance(weight_bwd, UNITS):
+                dx = grad.index_select(-1, weight_bwd.index) @ weight_bwd.values
+            else:
+                dx = grad @ to_dense(weight_bwd)
+        if ctx.needs_input_grad[1]:
+            x = input_bwd.values if isinstance(input_bwd, UNITS) else to_dense(input_bwd)
+            dw = rows.t() @ x.reshape(-1, x.shape[-1])
+            if isinstance(input_bwd, UNITS):
+                dw = grad.new_zeros(ctx.weight_shape).index_copy_(1, input_bwd.index, dw)
         db = rows.sum(0) if ctx.has_bias and ctx.needs_input_grad[2] else None
         return dx, dw, db, None, None, None
 
 
-def linear_masked(
+def linear_swat(
     x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, *,
-    weight_fwd: torch.Tensor | None = None, weight_bwd: torch.Tensor | None = None,
-    input_bwd: torch.Tensor | None = None,
+    weight_fwd: Operand | None = None, weight_bwd: Operand | None = None, input_bwd: Operand | None = None,
 ) -> torch.Tensor:
     """Linear (any leading dims) with separately sparsified operands for Y, dX and dW."""
-    return _MaskedLinear.apply(
+    return _SwatLinear.apply(
         x, weight, bias,
         weight if weight_fwd is None else weight_fwd,
         weight if weight_bwd is None else weight_bwd,
@@ -136,13 +219,36 @@ def linear_dense(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | Non
     return F.linear(x, weight, bias)
 
 
-CONV_KERNELS: dict[str, Callable[..., torch.Tensor]] = {"masked": conv_masked, "dense": conv_dense}
-LINEAR_KERNELS: dict[str, Callable[..., torch.Tensor]] = {"masked": linear_masked, "dense": linear_dense}
+class _BitmaskReLU(torch.autograd.Function):
+    """ReLU that saves 1 bit an entry for its backward instead of its output (lossless)."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
+        y = torch.relu(x)
+        ctx.shape = y.shape
+        ctx.save_for_backward(pack_bits(y > 0))
+        return y
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
+        (bits,) = ctx.saved_tensors
+        positive = unpack_bits(bits, ctx.shape).to(grad.device)
+        return torch.where(positive, grad, torch.zeros((), dtype=grad.dtype, device=grad.device))
+
+
+def relu(x: torch.Tensor) -> torch.Tensor:
+    return _BitmaskReLU.apply(x)
+
+
+KERNELS = ("dense", "masked", "compressed", "compact")
+_CONV: dict[str, Callable[..., torch.Tensor]] = {"dense": conv_dense}
+_LINEAR: dict[str, Callable[..., torch.Tensor]] = {"dense": linear_dense}
 
 
 def conv(*args: Any, kernel: str = "masked", **kwargs: Any) -> torch.Tensor:
-    return CONV_KERNELS[kernel](*args, **kwargs)
+    """`kernel` names how the operands are stored; all but "dense" run the same autograd kernel."""
+    return _CONV.get(kernel, conv_swat)(*args, **kwargs)
 
 
 def linear(*args: Any, kernel: str = "masked", **kwargs: Any) -> torch.Tensor:
-    return LINEAR_KERNELS[kernel](*args, **kwargs)
+    return _LINEAR.get(kernel, linear_swat)(*args, **kwargs)

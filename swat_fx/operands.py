@@ -1,0 +1,163 @@
+"""Sparse operands that a `TopK` site hands to a SWAT kernel instead of a zero-filled tensor.
+
+What the backward pass holds is what SWAT saves memory on, so a site can produce:
+
+- `CompressedTensor`: kept values + a packed 1-bit mask (an activation X_s saved for dW);
+- `MaskedParameter`: the dense parameter + a packed 1-bit mask (W_s: the parameter is resident anyway);
+- `KeptUnits` / `KeptFilters`: the kept channels (copied) or filters (indices into the parameter) of a
+  structured granularity, which also lets the kernel compute on the kept units only.
+
+Each reproduces the zero-filled tensor exactly with `to_dense()`. A kernel saves an operand for backward
+with `flatten_operand` (its tensors go through `ctx.save_for_backward`, so autograd's checks and
+saved-tensor hooks see them) and gets it back with `unflatten_operand`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields
+
+import numpy as np
+import torch
+
+from swat_fx.masks import apply_mask
+
+
+def pack_bits(mask: torch.Tensor) -> torch.Tensor:
+    """A bool tensor as uint8, 8 entries a byte."""
+    flat = mask.detach().reshape(-1)
+    if flat.device.type == "cpu":
+        return torch.from_numpy(np.packbits(flat.numpy(), bitorder="little"))
+    padded = torch.nn.functional.pad(flat.to(torch.uint8), (0, (-flat.numel()) % 8)).view(-1, 8)
+    return (padded << torch.arange(8, dtype=torch.uint8, device=flat.device)).sum(1, dtype=torch.uint8)
+
+
+def unpack_bits(packed: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+    """The bool tensor of `shape` that `pack_bits` packed."""
+    count = math.prod(shape)
+    if packed.device.type == "cpu":
+        bits = np.unpackbits(packed.numpy(), count=count, bitorder="little").view(np.bool_)
+        return torch.from_numpy(bits).view(shape)
+    shifts = torch.arange(8, dtype=torch.uint8, device=packed.device)
+    return ((packed.unsqueeze(-1) >> shifts) & 1).view(-1)[:count].bool().view(shape)
+
+
+def _masked_values(t: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """The entries of `t` where `keep` is set, in order (numpy's compress is the fast path on CPU)."""
+    if t.device.type == "cpu" and t.dtype != torch.bfloat16:
+        flat = t.detach().contiguous().reshape(-1).numpy()
+        return torch.from_numpy(flat.compress(keep.reshape(-1).numpy()))
+    return t.detach().masked_select(keep)
+
+
+@dataclass(frozen=True)
+class CompressedTensor:
+    """Kept values and a packed mask: (density·4 + 1/8) bytes an entry instead of 4 for float32."""
+
+    values: torch.Tensor
+    bitmap: torch.Tensor
+    shape: torch.Size
+
+    @classmethod
+    def compress(cls, t: torch.Tensor, keep: torch.Tensor) -> CompressedTensor:
+        keep = keep.expand(t.shape).contiguous()
+        return cls(_masked_values(t, keep), pack_bits(keep), t.shape)
+
+    def to_dense(self) -> torch.Tensor:
+        keep = unpack_bits(self.bitmap, self.shape).to(self.values.device)
+        out = torch.zeros(self.shape, dtype=self.values.dtype, device=self.values.device)
+        return out.masked_scatter_(keep, self.values)
+
+
+
+@dataclass(frozen=True)
+class MaskedParameter:
+    """W_s as the parameter W itself and a packed mask: only 1 bit an entry beyond W."""
+
+    base: torch.Tensor
+    bitmap: torch.Tensor
+
+    @classmethod
+    def compress(cls, weight: torch.Tensor, keep: torch.Tensor) -> MaskedParameter:
+        return cls(weight, pack_bits(keep.expand(weight.shape)))
+
+    @property
+    def shape(self) -> torch.Size:
+        return self.base.shape
+
+    def to_dense(self) -> torch.Tensor:
+        return apply_mask(self.base.detach(), unpack_bits(self.bitmap, self.base.shape).to(self.base.device))
+
+
+
+@dataclass(frozen=True)
+class KeptUnits:
+    """A structured-sparse tensor: the kept slices along `dim` (`values`) and their `index`."""
+
+    values: torch.Tensor
+    index: torch.Tensor
+    dim: int
+    shape: torch.Size
+
+    @classmethod
+    def select(cls, t: torch.Tensor, keep: torch.Tensor, dim: int) -> KeptUnits:
+        """`keep` is constant along every dim but `dim` (a structured mask)."""
+        dim = dim % t.dim()
+        index = keep.movedim(dim, 0).reshape(keep.shape[dim], -1)[:, 0].nonzero().reshape(-1)
+        return cls(t.detach().index_select(dim, index), index, dim, t.shape)
+
+    def to_dense(self) -> torch.Tensor:
+        out = torch.zeros(self.shape, dtype=self.values.dtype, device=self.values.device)
+        return out.index_copy_(self.dim, self.index, self.values)
+
+
+
+@dataclass(frozen=True)
+class KeptFilters:
+    """Structured W_s as the parameter itself and the indices of its kept filters (dim 0): the kept
+    filters are gathered when a product needs them, so nothing of W is copied for the backward."""
+
+    base: torch.Tensor
+    index: torch.Tensor
+    dim: int = 0
+
+    @classmethod
+    def select(cls, weight: torch.Tensor, keep: torch.Tensor) -> KeptFilters:
+        return cls(weight, keep.reshape(keep.shape[0], -1)[:, 0].nonzero().reshape(-1))
+
+    @property
+    def shape(self) -> torch.Size:
+        return self.base.shape
+
+    @property
+    def values(self) -> torch.Tensor:
+        return self.base.detach().index_select(0, self.index)
+
+    def to_dense(self) -> torch.Tensor:
+        return torch.zeros_like(self.base.detach()).index_copy_(0, self.index, self.values)
+
+
+UNITS = (KeptUnits, KeptFilters)
+SparseOperand = CompressedTensor | MaskedParameter | KeptUnits | KeptFilters
+Operand = torch.Tensor | SparseOperand
+OperandSpec = tuple[type, dict, tuple[str, ...]] | None
+
+
+def to_dense(operand: Operand) -> torch.Tensor:
+    return operand if isinstance(operand, torch.Tensor) else operand.to_dense()
+
+
+def flatten_operand(operand: Operand) -> tuple[tuple[torch.Tensor, ...], OperandSpec]:
+    """The tensors of `operand`, and what `unflatten_operand` needs to rebuild it from them."""
+    if isinstance(operand, torch.Tensor):
+        return (operand,), None
+    names = tuple(f.name for f in fields(operand) if isinstance(getattr(operand, f.name), torch.Tensor))
+    others = {f.name: getattr(operand, f.name) for f in fields(operand) if f.name not in names}
+    return tuple(getattr(operand, name) for name in names), (type(operand), others, names)
+
+
+def unflatten_operand(spec: OperandSpec, tensors: tuple[torch.Tensor, ...]) -> Operand:
+    if spec is None:
+        return tensors[0]
+    cls, others, names = spec
+    return cls(**others, **dict(zip(names, tensors, strict=True)))
