@@ -14,7 +14,7 @@ from swat_fx.passes.find_sparsifiable_ops import (
 )
 from swat_fx.passes.insert_sparsification import STATE_ROOT, insert_sparsification, state_path
 from swat_fx.passes.share_sparsified_inputs import share_sparsified_inputs
-from swat_fx.passes.use_bitmask_relu import use_bitmask_relu
+from swat_fx.passes.store_activations_compactly import store_activations_compactly
 
 __all__ = [
     "META_KEY",
@@ -28,5 +28,5 @@ __all__ = [
     "share_sparsified_inputs",
     "sparsifiable_nodes",
     "state_path",
-    "use_bitmask_relu",
+    "store_activations_compactly",
 ]

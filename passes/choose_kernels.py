@@ -7,8 +7,8 @@ Pre: `insert_sparsification` ran. Post: every `swat_fx.ops` call has its `kernel
 |--------------|--------------------------------------------|------------------------------------|
 | `dense`      | none sparse (meProp's G_s, fw_a's X_s are applied around the op) | those ops |
 | `compact`    | `KeptUnits`: products on the kept filters/channels only | `granularity="filter"`, groups=1 |
-| `masked`     | zero-filled dense tensors                  | every other op                     |
-| `compressed` | W_s as parameter + bitmap, X_s as values + bitmap (less memory, some time) | never |
+| `masked`     | X_s zero-filled, W_s as W + threshold      | every other op                     |
+| `compressed` | X_s as kept values + bitmap, W_s as W + threshold (less memory, some time) | never |
 
 A configured kernel (`SwatConfig.kernel`) overrides the choice; `compact` falls back to `masked` for
 grouped convolutions.
@@ -22,7 +22,11 @@ from swat_fx import ops
 from swat_fx.config import SwatConfig
 
 _SPARSE_OPERANDS = ("weight_fwd", "weight_bwd", "input_bwd")
-_FORMAT = {"masked": "dense", "compressed": "compressed", "compact": "units"}
+_FORMATS = {  # kernel: (weight format, activation format)
+    "masked": ("thresholded", "dense"),
+    "compressed": ("thresholded", "compressed"),
+    "compact": ("units", "units"),
+}
 
 
 def choose_kernel(node: fx.Node, config: SwatConfig) -> str:
@@ -41,9 +45,12 @@ def choose_kernels(gm: fx.GraphModule, config: SwatConfig) -> fx.GraphModule:
             continue
         kernel = choose_kernel(node, config)
         node.update_kwarg("kernel", kernel)
-        for key in _SPARSE_OPERANDS:
+        if kernel == "dense":
+            continue
+        weight_format, input_format = _FORMATS[kernel]
+        for key, format in (("weight_fwd", weight_format), ("weight_bwd", weight_format), ("input_bwd", input_format)):
             site = node.kwargs.get(key)
-            if site is not None and _FORMAT[kernel] != "dense":
-                site.update_kwarg("format", _FORMAT[kernel])
+            if site is not None and format != "dense":
+                site.update_kwarg("format", format)
     gm.recompile()
     return gm

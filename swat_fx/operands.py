@@ -3,7 +3,7 @@
 What the backward pass holds is what SWAT saves memory on, so a site can produce:
 
 - `CompressedTensor`: kept values + a packed 1-bit mask (an activation X_s saved for dW);
-- `MaskedParameter`: the dense parameter + a packed 1-bit mask (W_s: the parameter is resident anyway);
+- `ThresholdedParameter`: the dense parameter + its threshold (W_s: the parameter is resident anyway);
 - `KeptUnits` / `KeptFilters`: the kept channels (copied) or filters (indices into the parameter) of a
   structured granularity, which also lets the kernel compute on the kept units only.
 
@@ -20,7 +20,7 @@ from dataclasses import dataclass, fields
 import numpy as np
 import torch
 
-from swat_fx.masks import apply_mask
+from swat_fx.masks import MaskLayout, apply_mask, apply_threshold, keep_mask, scores
 
 
 def pack_bits(mask: torch.Tensor) -> torch.Tensor:
@@ -71,23 +71,24 @@ class CompressedTensor:
 
 
 @dataclass(frozen=True)
-class MaskedParameter:
-    """W_s as the parameter W itself and a packed mask: only 1 bit an entry beyond W."""
+class ThresholdedParameter:
+    """W_s as the parameter W and its Top-K threshold: W_s is recomputed (one pass over W, the same
+    arithmetic as the forward's, so bit-identical) when a product needs it, and the backward holds
+    nothing beyond W itself, which is resident anyway."""
 
     base: torch.Tensor
-    bitmap: torch.Tensor
-
-    @classmethod
-    def compress(cls, weight: torch.Tensor, keep: torch.Tensor) -> MaskedParameter:
-        return cls(weight, pack_bits(keep.expand(weight.shape)))
+    threshold: torch.Tensor
+    layout: MaskLayout
 
     @property
     def shape(self) -> torch.Size:
         return self.base.shape
 
     def to_dense(self) -> torch.Tensor:
-        return apply_mask(self.base.detach(), unpack_bits(self.bitmap, self.base.shape).to(self.base.device))
-
+        weight = self.base.detach()
+        if not self.layout.score_dims and self.threshold.numel() == 1:
+            return apply_threshold(weight, self.threshold)
+        return apply_mask(weight, keep_mask(scores(weight, self.layout), self.threshold))
 
 
 @dataclass(frozen=True)
@@ -138,7 +139,7 @@ class KeptFilters:
 
 
 UNITS = (KeptUnits, KeptFilters)
-SparseOperand = CompressedTensor | MaskedParameter | KeptUnits | KeptFilters
+SparseOperand = CompressedTensor | ThresholdedParameter | KeptUnits | KeptFilters
 Operand = torch.Tensor | SparseOperand
 OperandSpec = tuple[type, dict, tuple[str, ...]] | None
 

@@ -59,4 +59,12 @@ def relu(input: torch.Tensor) -> torch.Tensor:
     return eager.relu(input)
 
 
+def max_pool2d(
+    input: torch.Tensor, kernel_size: int | Sequence[int], stride: int | Sequence[int] | None,
+    padding: int | Sequence[int], dilation: int | Sequence[int], ceil_mode: bool,
+) -> torch.Tensor:
+    """Max-pool that keeps only its indices (int32) for the backward, not its input."""
+    return eager.max_pool2d(input, kernel_size, stride, padding, dilation, ceil_mode)
+
+
 SWAT_OPS = (conv, linear)

@@ -21,7 +21,7 @@ from swat_fx.masks import (
     mask_layout,
     scores,
 )
-from swat_fx.operands import CompressedTensor, KeptFilters, KeptUnits, MaskedParameter, SparseOperand
+from swat_fx.operands import CompressedTensor, KeptFilters, KeptUnits, SparseOperand, ThresholdedParameter
 
 
 class TopK(nn.Module):
@@ -69,8 +69,9 @@ class TopK(nn.Module):
         )
 
     def forward(self, t: torch.Tensor, format: str = "dense") -> torch.Tensor | SparseOperand | None:
-        """The sparsified tensor: zero-filled (`"dense"`), or as a `swat_fx.operands` format that the
-        kernel saves for backward (`"compressed"`, `"units"`), as chosen by the `choose_kernels` pass."""
+        """The sparsified tensor: zero-filled (`"dense"`), or in a `swat_fx.operands` format that the
+        kernel stores for backward (`"thresholded"` for weights, `"compressed"` for activations,
+        `"units"` for structured ones), as chosen by the `choose_kernels` pass."""
         refresh = self._next_step() if self.training else None
         if self.role == "grad":
             if t.requires_grad:  # a hook, not a Function: an in-place op (ReLU) may follow
@@ -80,6 +81,11 @@ class TopK(nn.Module):
             return None
         layout = self.layout(t)
         s, tau = self._scores_and_threshold(t, layout, refresh)
+        if format == "thresholded":
+            operand = ThresholdedParameter(t, tau.detach().clone(), layout)
+            if refresh is not None:
+                self.density.fill_(torch.count_nonzero(keep_mask(s, tau)) / s.numel())
+            return operand
         if format == "dense" and not layout.score_dims and tau.numel() == 1:
             with torch.set_grad_enabled(self.differentiable and torch.is_grad_enabled()):
                 out = apply_threshold(t, tau)
@@ -90,7 +96,7 @@ class TopK(nn.Module):
         if refresh is not None:
             self.density.fill_(torch.count_nonzero(keep) / keep.numel())
         if format == "compressed":
-            return (MaskedParameter if self.role == "weight" else CompressedTensor).compress(t, keep)
+            return CompressedTensor.compress(t, keep)
         if format == "units":
             return KeptFilters.select(t, keep) if self.role == "weight" else KeptUnits.select(t, keep, self.unit_dim)
         with torch.set_grad_enabled(self.differentiable and torch.is_grad_enabled()):

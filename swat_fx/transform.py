@@ -16,7 +16,7 @@ from swat_fx.passes import (
     insert_sparsification,
     share_sparsified_inputs,
     sparsifiable_nodes,
-    use_bitmask_relu,
+    store_activations_compactly,
 )
 from swat_fx.trace import trace
 
@@ -46,7 +46,7 @@ def transform(model: nn.Module, sparsity: float | None = None, *, config: SwatCo
     gm = insert_sparsification(gm, config)
     gm = choose_kernels(gm, config)
     gm = share_sparsified_inputs(gm)
-    gm = use_bitmask_relu(gm)
+    gm = store_activations_compactly(gm)
     gm.graph.lint()
     setattr(gm, CONFIG_ATTR, config)
     return gm.train(model.training)

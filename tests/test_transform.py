@@ -38,7 +38,7 @@ def test_parameters_keep_their_names() -> None:
 
 def test_code_shows_the_sparsification_sites() -> None:
     code = swat_fx.transform(models.small_cnn(), 0.7).code
-    assert "conv2_w_s = self.swat.conv2.w_topk(conv2_weight)" in code
+    assert "conv2_w_s = self.swat.conv2.w_topk(conv2_weight, format = 'thresholded')" in code
     assert "conv2_x_s = self.swat.conv2.x_topk(" in code
     assert "weight_fwd = conv2_w_s, weight_bwd = conv2_w_s, input_bwd = conv2_x_s" in code
     meprop = swat_fx.transform(models.small_cnn(), 0.7, algorithm="meprop").code

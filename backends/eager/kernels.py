@@ -3,8 +3,8 @@
 A SWAT kernel takes the dense parameter `weight` (whose gradient it returns, dense: SPEC §2) and the
 operand each product uses: `weight_fwd` for Y, `weight_bwd` for dX, `input_bwd` for dW (`None`: the
 dense tensor). An operand is a zero-filled tensor or a `swat_fx.operands` format:
-`CompressedTensor`/`MaskedParameter` are only stored compactly, `KeptUnits` is also computed on
-compactly (only the kept filters / channels enter the product). Only the backward operands are saved,
+`CompressedTensor`/`ThresholdedParameter` are only stored compactly, `KeptUnits`/`KeptFilters` are
+also computed on compactly (only the kept filters / channels enter the product). Only the backward operands are saved,
 so a dense activation replaced by `input_bwd` is not kept alive by the op.
 """
 
@@ -120,7 +120,7 @@ class _SwatConv(torch.autograd.Function):
             if isinstance(w, UNITS):
                 w, g = w.values, grad.index_select(1, w.index)
             dx = torch.ops.aten.convolution_backward(
-                g, _placeholder(grad, padded_shape), to_dense(w), None, *ctx.conv_args, [True, False, False])[0]
+                g, grad.new_empty(padded_shape), to_dense(w), None, *ctx.conv_args, [True, False, False])[0]
             if any(ctx.extra):
                 dx = dx[(..., *(slice(0, n) for n in ctx.input_shape[2:]))]
         if ctx.needs_input_grad[1]:
@@ -238,6 +238,35 @@ class _BitmaskReLU(torch.autograd.Function):
 
 def relu(x: torch.Tensor) -> torch.Tensor:
     return _BitmaskReLU.apply(x)
+
+
+class _IndexMaxPool2d(torch.autograd.Function):
+    """Max-pool whose backward holds the argmax indices (int32 where they fit) and no activation."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, *pool_args: Any) -> torch.Tensor:
+        y, indices = F.max_pool2d(x, *pool_args, return_indices=True)
+        ctx.pool_args, ctx.input_shape = pool_args, x.shape
+        ctx.save_for_backward(indices.int() if x[0].numel() < 2**31 else indices)
+        return y
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        (indices,) = ctx.saved_tensors
+        kernel_size, stride, padding, dilation, ceil_mode = ctx.pool_args
+        dx = torch.ops.aten.max_pool2d_with_indices_backward(
+            grad, grad.new_empty(ctx.input_shape), _pair(kernel_size), _pair(stride or kernel_size),
+            _pair(padding), _pair(dilation), ceil_mode, indices.long())
+        return (dx, *([None] * len(ctx.pool_args)))
+
+
+def _pair(value: int | Sequence[int]) -> list[int]:
+    return list(value) if isinstance(value, Sequence) else [value, value]
+
+
+def max_pool2d(x: torch.Tensor, kernel_size: Any, stride: Any, padding: Any, dilation: Any,
+               ceil_mode: bool) -> torch.Tensor:
+    return _IndexMaxPool2d.apply(x, kernel_size, stride, padding, dilation, ceil_mode)
 
 
 KERNELS = ("dense", "masked", "compressed", "compact")

@@ -1,0 +1,168 @@
+"""Train-step time and memory held for the backward pass: swat_fx against dense PyTorch, same run.
+
+    python benchmarks/train_step.py            # the full table (under 10 minutes on 2 cores)
+    python benchmarks/train_step.py --quick    # every row, tiny sizes (under a minute)
+
+Step time: SGD steps on random data (forward, backward, update), median after warm-up. With a
+Top-K period P the exact threshold is computed at one step in P, so the row reports the amortised
+step `(t_refresh + (P - 1) · t_reuse) / P` from the medians of both kinds of step.
+Memory: the unique storages autograd holds at the end of the forward (`saved_tensors_hooks`), masks,
+indices and sparse values included, parameters excluded (they are resident in any case).
+Ratios are against dense PyTorch measured in the same run: time < 1 is faster, memory < 1 is smaller.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import statistics
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from unittest import mock
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import swat_fx
+from swat_fx import masks, models
+
+
+@dataclass
+class Row:
+    model: str
+    variant: str
+    sparsity: float | None
+    step_ms: float
+    time_ratio: float
+    saved_mb: float
+    memory_ratio: float
+
+
+VARIANTS = {  # name: (transform options, period, naive top-k)
+    "naive torch.topk, period 1": ({"kernel": "masked"}, 1, True),
+    "unstructured, period 1": ({"kernel": "masked"}, 1, False),
+    "unstructured, period 1, compressed": ({"kernel": "compressed"}, 1, False),
+    "unstructured, period 20": ({"kernel": "masked"}, 20, False),
+    "unstructured, period 20, compressed": ({"kernel": "compressed"}, 20, False),
+    "filter (compact kernels), period 20": ({"granularity": "filter"}, 20, False),
+}
+
+
+def _naive_kth_largest(groups: torch.Tensor, k: int) -> torch.Tensor:
+    """What a straightforward implementation does: a full per-step torch.topk."""
+    return groups.topk(k, dim=1).values[:, -1]
+
+
+@contextlib.contextmanager
+def _topk_implementation(naive: bool) -> Iterator[None]:
+    if not naive:
+        yield
+        return
+    with mock.patch.object(masks, "kth_largest", _naive_kth_largest):
+        yield
+
+
+def _step(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor) -> float:
+    start = time.perf_counter()
+    loss = F.cross_entropy(model(x), y)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return time.perf_counter() - start
+
+
+def step_time(model: nn.Module, x: torch.Tensor, y: torch.Tensor, period: int, steps: int, warmup: int) -> float:
+    """Amortised seconds per training step (see the module docstring)."""
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+    for _ in range(warmup):
+        _step(model, optimizer, x, y)
+    times = [_step(model, optimizer, x, y) for _ in range(steps)]
+    if period == 1:
+        return statistics.median(times)
+    sites = [m for m in model.modules() if isinstance(m, swat_fx.topk.TopK)]
+    refresh = []
+    for _ in range(max(1, steps // 2)):
+        for site in sites:  # make the next step a refresh step
+            site.step.zero_()
+        refresh.append(_step(model, optimizer, x, y))
+    return (statistics.median(refresh) + (period - 1) * statistics.median(times)) / period
+
+
+def saved_bytes(model: nn.Module, x: torch.Tensor) -> int:
+    """Unique storages held by autograd for the backward at the end of the forward, parameters excluded."""
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    storages: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        storage = t.untyped_storage()
+        if storage.data_ptr() not in params:
+            storages[storage.data_ptr()] = storage.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        loss = model(x).float().sum()
+    loss.backward()
+    return sum(storages.values())
+
+
+def run(quick: bool) -> list[Row]:
+    torch.manual_seed(0)
+    setups = {  # model: (input shape, sparsities, timed steps, warm-up steps)
+        "resnet18_cifar": ((16 if quick else 64, 3, 32, 32), (0.7,) if quick else (0.5, 0.7, 0.9),
+                           2 if quick else 5, 1 if quick else 2),
+        "resnet50": ((2, 3, 64, 64) if quick else (4, 3, 224, 224), (0.8,) if quick else (0.5, 0.7, 0.8, 0.9),
+                     2 if quick else 3, 1),
+    }
+    rows: list[Row] = []
+    for name, (shape, sparsities, steps, warmup) in setups.items():
+        net = models.build(name, num_classes=10)
+        x, y = torch.randn(shape), torch.randint(0, 10, (shape[0],))
+        dense_time = step_time(net, x, y, 1, steps, warmup)
+        dense_bytes = saved_bytes(net, x)
+        rows.append(Row(name, "dense PyTorch", None, dense_time * 1e3, 1.0, dense_bytes / 2**20, 1.0))
+        print(_format([rows[-1]], header=len(rows) == 1), flush=True)
+        for sparsity in sparsities:
+            for variant, (options, period, naive) in VARIANTS.items():
+                model = swat_fx.transform(net, sparsity, period=period, **options)
+                with _topk_implementation(naive):
+                    seconds = step_time(model, x, y, period, steps, warmup)
+                    held = saved_bytes(model, x)
+                rows.append(Row(name, variant, sparsity, seconds * 1e3, seconds / dense_time,
+                                held / 2**20, held / dense_bytes))
+                print(_format([rows[-1]], header=False), flush=True)
+    return rows
+
+
+def _format(rows: list[Row], header: bool = True) -> str:
+    lines = []
+    if header:
+        lines += ["| model | variant | sparsity | step ms | time vs dense | saved MiB | memory vs dense |",
+                  "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        sparsity = "-" if r.sparsity is None else f"{r.sparsity:.1f}"
+        lines.append(f"| {r.model} | {r.variant} | {sparsity} | {r.step_ms:.0f} | {r.time_ratio:.2f}× | "
+                     f"{r.saved_mb:.1f} | {r.memory_ratio:.2f}× |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="tiny sizes, every row, under a minute")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--json", default=None, help="also write the rows to this JSON file")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {'quick' if args.quick else 'full'} run\n")
+    rows = run(args.quick)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump([asdict(r) for r in rows], f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
