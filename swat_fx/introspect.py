@@ -11,7 +11,7 @@ from torch.fx.passes.shape_prop import ShapeProp
 
 from swat_fx.passes import META_KEY, SparsifiableOp, sparsifiable_nodes
 from swat_fx.topk import TopK
-from swat_fx.transform import CONFIG_ATTR
+from swat_fx.transform import config_of
 
 _ROLES = ("weight", "input", "grad")
 
@@ -68,7 +68,7 @@ def _sites_of(model: fx.GraphModule, node: fx.Node) -> list[TopK]:
 def layers(model: fx.GraphModule, example_inputs: Sequence[torch.Tensor] | None = None) -> list[LayerInfo]:
     """Every sparsifiable op of a `swat_fx.transform`-ed model, in graph order (dense ones included,
     with empty `sites`). Pass `example_inputs` to fill in input and output shapes."""
-    config = getattr(model, CONFIG_ATTR, None)
+    config = config_of(model)
     if config is None:
         raise TypeError("swat_fx.layers expects a model returned by swat_fx.transform")
     if example_inputs is not None:

@@ -23,6 +23,17 @@ from swat_fx.trace import trace
 CONFIG_ATTR = "swat_config"
 
 
+def config_of(model: nn.Module) -> SwatConfig | None:
+    """The `SwatConfig` a model was transformed with, or None for any other module.
+
+    It lives in `GraphModule.meta`, which survives `copy.deepcopy` (plain attributes do not); the
+    `swat_config` attribute is a convenience on the object `transform` returned.
+    """
+    meta = getattr(model, "meta", None)
+    config = meta.get(CONFIG_ATTR) if isinstance(meta, dict) else None
+    return config if isinstance(config, SwatConfig) else None
+
+
 def transform(model: nn.Module, sparsity: float | None = None, *, config: SwatConfig | None = None,
               **options: Any) -> fx.GraphModule:
     """Return a copy of `model` that trains with SWAT (or SAW, meProp: see `SwatConfig`).
@@ -48,5 +59,6 @@ def transform(model: nn.Module, sparsity: float | None = None, *, config: SwatCo
     gm = share_sparsified_inputs(gm)
     gm = store_activations_compactly(gm)
     gm.graph.lint()
+    gm.meta[CONFIG_ATTR] = config
     setattr(gm, CONFIG_ATTR, config)
     return gm.train(model.training)
