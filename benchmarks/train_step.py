@@ -29,6 +29,7 @@ import torch.nn.functional as F
 
 import swat_fx
 from swat_fx import masks, models
+from swat_fx.memory import saved_tensor_bytes
 
 
 @dataclass
@@ -92,23 +93,6 @@ def step_time(model: nn.Module, x: torch.Tensor, y: torch.Tensor, period: int, s
     return (statistics.median(refresh) + (period - 1) * statistics.median(times)) / period
 
 
-def saved_bytes(model: nn.Module, x: torch.Tensor) -> int:
-    """Unique storages held by autograd for the backward at the end of the forward, parameters excluded."""
-    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
-    storages: dict[int, int] = {}
-
-    def pack(t: torch.Tensor) -> torch.Tensor:
-        storage = t.untyped_storage()
-        if storage.data_ptr() not in params:
-            storages[storage.data_ptr()] = storage.nbytes()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        loss = model(x).float().sum()
-    loss.backward()
-    return sum(storages.values())
-
-
 def run(quick: bool) -> list[Row]:
     torch.manual_seed(0)
     setups = {  # model: (input shape, sparsities, timed steps, warm-up steps)
@@ -122,7 +106,7 @@ def run(quick: bool) -> list[Row]:
         net = models.build(name, num_classes=10)
         x, y = torch.randn(shape), torch.randint(0, 10, (shape[0],))
         dense_time = step_time(net, x, y, 1, steps, warmup)
-        dense_bytes = saved_bytes(net, x)
+        dense_bytes = saved_tensor_bytes(net, x)
         rows.append(Row(name, "dense PyTorch", None, dense_time * 1e3, 1.0, dense_bytes / 2**20, 1.0))
         print(_format([rows[-1]], header=len(rows) == 1), flush=True)
         for sparsity in sparsities:
@@ -130,7 +114,7 @@ def run(quick: bool) -> list[Row]:
                 model = swat_fx.transform(net, sparsity, period=period, **options)
                 with _topk_implementation(naive):
                     seconds = step_time(model, x, y, period, steps, warmup)
-                    held = saved_bytes(model, x)
+                    held = saved_tensor_bytes(model, x)
                 rows.append(Row(name, variant, sparsity, seconds * 1e3, seconds / dense_time,
                                 held / 2**20, held / dense_bytes))
                 print(_format([rows[-1]], header=False), flush=True)

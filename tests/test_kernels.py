@@ -14,6 +14,7 @@ import torch.nn.functional as F
 import swat_fx
 from swat_fx import models
 from swat_fx.masks import mask_layout
+from swat_fx.memory import saved_tensor_bytes
 from swat_fx.operands import CompressedTensor, KeptUnits, ThresholdedParameter, pack_bits, unpack_bits
 from swat_fx.topk import TopK
 
@@ -81,31 +82,21 @@ def test_block_input_is_sparsified_once_for_conv_and_downsample() -> None:
     assert "input" in info["layer2.0.downsample.0"].achieved
 
 
-def _saved_bytes(model: nn.Module, x: torch.Tensor) -> int:
-    """Unique storages autograd holds at the end of the forward, parameters excluded."""
-    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
-    storages: dict[int, int] = {}
-
-    def pack(t: torch.Tensor) -> torch.Tensor:
-        storage = t.untyped_storage()
-        if storage.data_ptr() not in params:
-            storages[storage.data_ptr()] = storage.nbytes()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        loss = model(x).sum()
-    loss.backward()
-    return sum(storages.values())
+def test_saved_tensor_bytes_counts_unique_storages() -> None:
+    """A linear saves its input (N·F floats); ReLU's output is saved once although two ops keep it."""
+    x = torch.randn(8, 16, requires_grad=True)
+    assert saved_tensor_bytes(nn.Linear(16, 4), x) == 8 * 16 * 4
+    assert saved_tensor_bytes(nn.Sequential(nn.ReLU(), nn.Linear(16, 4)), x) == 8 * 16 * 4
 
 
 def test_compressed_storage_holds_less_for_the_backward() -> None:
     torch.manual_seed(1)
     net = models.resnet18(num_classes=10, stem="cifar")
     x = torch.randn(8, 3, 32, 32)
-    dense = _saved_bytes(net, x)
-    masked = _saved_bytes(swat_fx.transform(net, 0.8, kernel="masked"), x)
-    compressed = _saved_bytes(swat_fx.transform(net, 0.8, kernel="compressed"), x)
-    compact = _saved_bytes(swat_fx.transform(net, 0.8, granularity="filter"), x)
+    dense = saved_tensor_bytes(net, x)
+    masked = saved_tensor_bytes(swat_fx.transform(net, 0.8, kernel="masked"), x)
+    compressed = saved_tensor_bytes(swat_fx.transform(net, 0.8, kernel="compressed"), x)
+    compact = saved_tensor_bytes(swat_fx.transform(net, 0.8, granularity="filter"), x)
     assert masked > dense  # zero-filled X_s next to the ReLU output: more, not less
     assert compressed < 0.75 * dense
     assert compact < 0.75 * dense
