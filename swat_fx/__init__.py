@@ -8,7 +8,7 @@ from swat_fx.config import ALGORITHMS, GRANULARITIES, SITES, SwatConfig
 from swat_fx.introspect import LayerInfo, format_layers, layers
 from swat_fx.state import dense_state_dict
 from swat_fx.trace import SwatTraceError
-from swat_fx.transform import transform
+from swat_fx.transform import config_of, transform
 
 __all__ = [
     "ALGORITHMS",
@@ -17,6 +17,7 @@ __all__ = [
     "LayerInfo",
     "SwatConfig",
     "SwatTraceError",
+    "config_of",
     "dense_state_dict",
     "format_layers",
     "layers",
@@ -29,6 +30,10 @@ __version__ = "0.1.0"
 _LAZY = {
     "export_onnx": "swat_fx.export",
     "export_ort_training": "swat_fx.export",
+    "load_onnx": "swat_fx.export",
+    "load_ort_training": "swat_fx.export",
+    "ArtifactError": "swat_fx.export",
+    "UnsupportedOpError": "swat_fx.export",
     "to_accel_ir": "swat_fx.accel",
     "save_ir": "swat_fx.accel",
     "estimate_cost": "swat_fx.accel",

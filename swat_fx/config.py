@@ -22,7 +22,8 @@ DISTRIBUTIONS: tuple[str, ...] = ("uniform", "erk")
 KERNELS: tuple[str, ...] = ("auto", "masked", "compressed", "compact")
 
 
-def _check_choice(option: str, value: Any, valid: Iterable[str]) -> None:
+def check_choice(option: str, value: Any, valid: Iterable[str]) -> None:
+    """Raise a ValueError naming `option` and listing the valid values if `value` is not one of them."""
     valid = tuple(valid)
     if value not in valid:
         raise ValueError(f"unknown {option} {value!r}; valid values are: {', '.join(map(repr, valid))}")
@@ -69,15 +70,15 @@ class SwatConfig:
             raise ValueError("give either `algorithm` or `sites`, not both (`sites` defines a custom algorithm)")
         if self.sites is None:
             set_(self, "algorithm", self.algorithm or "swat")
-            _check_choice("algorithm", self.algorithm, ALGORITHMS)
+            check_choice("algorithm", self.algorithm, ALGORITHMS)
         else:
             sites = frozenset([self.sites] if isinstance(self.sites, str) else self.sites)
             for site in sites:
-                _check_choice("site", site, SITES)
+                check_choice("site", site, SITES)
             set_(self, "sites", sites)
-        _check_choice("granularity", self.granularity, GRANULARITIES)
-        _check_choice("distribution", self.distribution, DISTRIBUTIONS)
-        _check_choice("kernel", self.kernel, KERNELS)
+        check_choice("granularity", self.granularity, GRANULARITIES)
+        check_choice("distribution", self.distribution, DISTRIBUTIONS)
+        check_choice("kernel", self.kernel, KERNELS)
         if self.kernel == "compact" and self.granularity != "filter":
             raise ValueError("kernel='compact' computes on whole kept filters and channels: it needs "
                              f"granularity='filter', got {self.granularity!r}")

@@ -207,3 +207,11 @@ def test_functional_module_without_warnings() -> None:
         warnings.simplefilter("error")
         transformed = swat_fx.transform(Functional(), 0.5, sparsify_first=True)
     assert "swat_fx_ops_linear" in transformed.code
+
+
+def test_config_survives_deepcopy() -> None:
+    transformed = swat_fx.transform(models.small_cnn(), 0.6, granularity="chw")
+    clone = copy.deepcopy(transformed)
+    assert swat_fx.config_of(clone) == swat_fx.config_of(transformed) == transformed.swat_config
+    assert [i.sparsity for i in swat_fx.layers(clone)] == [i.sparsity for i in swat_fx.layers(transformed)]
+    assert swat_fx.config_of(models.small_cnn()) is None
