@@ -1,11 +1,11 @@
-"""Pass: ReLUs and max-pools in front of compactly stored X_s stop holding dense activations.
+"""Pass: ReLUs and max-pools in front of compressed X_s stop holding dense activations.
 
 PyTorch's ReLU keeps its output for the backward, and max-pool keeps its input; when the activation
-is otherwise held only by SWAT ops that store it compressed (or as kept units), those two alone would
-keep the dense tensor alive. `swat_fx.ops.relu` keeps 1 bit an entry instead, `swat_fx.ops.max_pool2d`
+is otherwise held only by SWAT ops that store it compressed, those two alone would keep the dense
+tensor alive. `swat_fx.ops.relu` keeps 1 bit an entry instead, `swat_fx.ops.max_pool2d`
 keeps only its (int32) indices. Both are exact.
 
-Pre: `choose_kernels` ran. Post: every ReLU whose output feeds a compactly stored `TopK` input site or
+Pre: `choose_kernels` ran. Post: every ReLU whose output feeds a compressed `TopK` input site or
 a replaced max-pool calls `swat_fx.ops.relu`; every `MaxPool2d` fed by such a ReLU calls
 `swat_fx.ops.max_pool2d`. A ReLU is left alone when its input has other users (an in-place ReLU's
 effect on them would be lost).
@@ -35,8 +35,9 @@ def _is_relu(gm: fx.GraphModule, node: fx.Node) -> bool:
 
 
 def _stores_compactly(gm: fx.GraphModule, node: fx.Node) -> bool:
+    """A compressed X_s site: the kernel chosen to save memory (kept units are chosen for speed)."""
     site = _module(gm, node)
-    return isinstance(site, TopK) and site.role == "input" and node.kwargs.get("format", "dense") != "dense"
+    return isinstance(site, TopK) and site.role == "input" and node.kwargs.get("format") == "compressed"
 
 
 def _replace(gm: fx.GraphModule, node: fx.Node, target: object, args: tuple) -> fx.Node:

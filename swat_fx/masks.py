@@ -67,8 +67,9 @@ def mask_layout(role: str, layer: str, granularity: str, ndim: int) -> MaskLayou
 
 def scores(t: torch.Tensor, layout: MaskLayout) -> torch.Tensor:
     """Magnitudes, or L1 scores of structured units (a unit holding a NaN scores NaN)."""
-    mag = t.detach().abs()
-    return mag.sum(layout.score_dims, keepdim=True) if layout.score_dims else mag
+    if layout.score_dims:  # one fused pass, no |t| temporary
+        return torch.linalg.vector_norm(t.detach(), 1, dim=layout.score_dims, keepdim=True)
+    return t.detach().abs()
 
 
 def keep_mask(s: torch.Tensor, tau: torch.Tensor) -> torch.Tensor:

@@ -117,7 +117,7 @@ class _SwatConv(torch.autograd.Function):
         dx = dw = None
         if ctx.needs_input_grad[0]:
             w, g = weight_bwd, grad
-            if isinstance(w, UNITS):
+            if isinstance(w, UNITS):  # only the kept filters, and G's matching channels, enter dX
                 w, g = w.values, grad.index_select(1, w.index)
             dx = torch.ops.aten.convolution_backward(
                 g, grad.new_empty(padded_shape), to_dense(w), None, *ctx.conv_args, [True, False, False])[0]
