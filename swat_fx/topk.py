@@ -80,21 +80,16 @@ class TopK(nn.Module):
         if self.backward_only and not self.training and not torch.is_grad_enabled():
             return None
         layout = self.layout(t)
-        s, tau = self._scores_and_threshold(t, layout, refresh)
-        if format == "thresholded":
-            operand = ThresholdedParameter(t, tau.detach().clone(), layout)
-            if refresh is not None:
-                self.density.fill_(torch.count_nonzero(keep_mask(s, tau)) / s.numel())
-            return operand
+        tau, s = self._threshold(t, layout, refresh)
         if format == "dense" and not layout.score_dims and tau.numel() == 1:
             with torch.set_grad_enabled(self.differentiable and torch.is_grad_enabled()):
                 out = apply_threshold(t, tau)
             if refresh is not None:
                 self.density.fill_(torch.count_nonzero(out != 0) / out.numel())
             return out
-        keep = keep_mask(s, tau)
-        if refresh is not None:
-            self.density.fill_(torch.count_nonzero(keep) / keep.numel())
+        keep = self._keep(t, layout, tau, s, record=refresh is not None)
+        if format == "thresholded":
+            return ThresholdedParameter(t, tau.detach().clone(), layout)
         if format == "compressed":
             return CompressedTensor.compress(t, keep)
         if format == "units":
@@ -116,22 +111,29 @@ class TopK(nn.Module):
         """The keep-mask of `t` (broadcastable). `refresh=None`: exact Top-K, no state change (eval
         mode); True: exact Top-K, threshold stored; False: the stored threshold is reused."""
         layout = self.layout(t)
-        keep = keep_mask(*self._scores_and_threshold(t, layout, refresh))
-        if refresh is not None:
+        tau, s = self._threshold(t, layout, refresh)
+        return self._keep(t, layout, tau, s, record=refresh is not None)
+
+    def _keep(self, t: torch.Tensor, layout: MaskLayout, tau: torch.Tensor, s: torch.Tensor | None,
+              record: bool) -> torch.Tensor:
+        keep = keep_mask(scores(t, layout) if s is None else s, tau)
+        if record:  # a training step: the achieved density is part of the state
             self.density.fill_(torch.count_nonzero(keep) / keep.numel())
         return keep
 
-    def _scores_and_threshold(
+    def _threshold(
         self, t: torch.Tensor, layout: MaskLayout, refresh: bool | None
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        s = scores(t, layout)
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(threshold, scores): the scores only when computing the threshold needed them."""
         if refresh is False:
-            return s, self.threshold.view(self._stored_shape(s, layout))
+            reduced = {*layout.score_dims, *layout.group_dims, *layout.batch_dims}
+            return self.threshold.view([1 if d in reduced else n for d, n in enumerate(t.shape)]), None
+        s = scores(t, layout)
         tau = group_thresholds(s, layout.group_dims, self.target_density)
         if refresh:
             stored = tau.mean(layout.batch_dims, keepdim=True) if layout.batch_dims else tau
             self.threshold = stored.detach().flatten().clone()
-        return s, tau
+        return tau, s
 
     def _sparsify_grad(self, grad: torch.Tensor, refresh: bool | None) -> torch.Tensor:
         """meProp's G_s (the hook sees dL/dY of the op's own output, even if Y is later modified in place)."""
@@ -142,11 +144,6 @@ class TopK(nn.Module):
         refresh = int(self.step) % self.period == 0 or self.threshold.numel() == 0
         self.step += 1
         return refresh
-
-    @staticmethod
-    def _stored_shape(s: torch.Tensor, layout: MaskLayout) -> list[int]:
-        reduced = set(layout.group_dims) | set(layout.batch_dims)
-        return [1 if d in reduced else s.shape[d] for d in range(s.dim())]
 
     def _load_from_state_dict(
         self, state_dict: dict[str, Any], prefix: str, local_metadata: Any, strict: bool,
