@@ -6,6 +6,7 @@
 
 from swat_fx.config import ALGORITHMS, GRANULARITIES, SITES, SwatConfig
 from swat_fx.introspect import LayerInfo, format_layers, layers
+from swat_fx.monitor import Monitor, monitor  # eager: a lazy name equal to its module's is shadowed by it
 from swat_fx.state import dense_state_dict
 from swat_fx.trace import SwatTraceError
 from swat_fx.transform import config_of, transform
@@ -15,12 +16,14 @@ __all__ = [
     "GRANULARITIES",
     "SITES",
     "LayerInfo",
+    "Monitor",
     "SwatConfig",
     "SwatTraceError",
     "config_of",
     "dense_state_dict",
     "format_layers",
     "layers",
+    "monitor",
     "transform",
 ]
 __version__ = "0.1.0"
@@ -39,7 +42,6 @@ _LAZY = {
     "estimate_cost": "swat_fx.accel",
     "Accelerator": "swat_fx.accel",
     "CostReport": "swat_fx.accel",
-    "monitor": "swat_fx.monitor",
 }
 
 

@@ -84,8 +84,9 @@ class TopK(nn.Module):
         if format == "dense" and not layout.score_dims and tau.numel() == 1:
             with torch.set_grad_enabled(self.differentiable and torch.is_grad_enabled()):
                 out = apply_threshold(t, tau)
-            if refresh is not None:
-                self.density.fill_(torch.count_nonzero(out != 0) / out.numel())
+            if refresh is not None:  # with tau > 0 the kept entries are exactly the non-zero ones
+                kept = torch.count_nonzero(out != 0) / out.numel() if float(tau) > 0 else 1.0
+                self.density.fill_(kept)
             return out
         keep = self._keep(t, layout, tau, s, record=refresh is not None)
         if format == "thresholded":

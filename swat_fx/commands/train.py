@@ -1,62 +1,48 @@
-"""`swat-fx train`: train on digits densely and with SWAT, and compare (the main job)."""
+"""`swat-fx train`: train on digits densely and with SWAT, and compare (the main job).
+
+Any dataset, model and SWAT configuration can be chosen; `--csv`/`--plot` log the validation curve and
+`--monitor` records every SWAT site at every step (thresholds, densities, angles).
+"""
 
 from __future__ import annotations
 
 import argparse
-import time
 from typing import Any
 
 import torch
 
-from swat_fx import models
-from swat_fx.config import ALGORITHMS, GRANULARITIES, SwatConfig
-from swat_fx.data import load_digits
+from swat_fx import cli_options, experiments
 from swat_fx.introspect import format_layers, layers
-from swat_fx.training import train
-from swat_fx.transform import transform
 
 
+@cli_options.interruptible
 def run(args: argparse.Namespace) -> int:
-    config = SwatConfig(sparsity=args.sparsity, algorithm=args.algorithm, granularity=args.granularity,
-                        period=args.period)
-    data = load_digits(seed=args.seed)
-    print(f"digits: {len(data.y_train)} train / {len(data.y_test)} test images, model {args.model}, "
+    config = cli_options.swat_config(args)
+    settings = cli_options.settings(args)
+    data = cli_options.dataset(args)
+    print(f"{data.name}: {len(data.y_train)} train / {len(data.y_test)} test images, model {args.model}, "
           f"{args.epochs} epochs, {torch.get_num_threads()} threads")
-    runs = {}
-    for label, swat_config in (("dense", None), (f"{config.name} {config.sparsity:.0%}", config)):
-        if label == "dense" and args.no_dense:
-            continue
-        torch.manual_seed(args.seed)
-        model = models.build(args.model, num_classes=data.num_classes)
-        if swat_config is not None:
-            model = transform(model, config=swat_config)
-        start = time.perf_counter()
-        result = train(model, data, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
-                       progress=not args.quiet, desc=label)
-        runs[label] = (model, result, time.perf_counter() - start)
+    runs = experiments.train(data, settings, config, dense=not args.no_dense, csv=args.csv, png=args.plot,
+                             monitor_csv=args.monitor, angle=args.angle)
     print()
-    for label, (_, result, seconds) in runs.items():
-        print(f"{label:<14} test accuracy {result.accuracy:6.2%}   ({seconds:.1f} s)")
-    swat_model = runs[next(reversed(runs))][0]
+    for done in runs:
+        print(f"{done.label:<14} test accuracy {done.result.accuracy:6.2%}   ({done.seconds:.1f} s)")
     print(f"\nper-layer sparsity of the {config.name} model (kept = density achieved at the last step):")
-    print(format_layers(layers(swat_model, [data.x_test[:2]])))
+    print(format_layers(layers(runs[-1].model, [data.x_test[:2]])))
+    cli_options.print_outputs(args, monitor=args.monitor)
     return 0
 
 
 def register(commands: Any) -> None:
     parser = commands.add_parser(
-        "train", help="train a model on digits densely and with SWAT, and compare",
-        description="Train on scikit-learn's digits (no download), densely and with SWAT; print both "
-                    "accuracies and the per-layer sparsity achieved.")
-    parser.add_argument("--model", default="small_cnn", choices=["small_cnn", "mlp"])
-    parser.add_argument("--sparsity", type=float, default=0.7)
-    parser.add_argument("--algorithm", default="swat", choices=sorted(ALGORITHMS))
-    parser.add_argument("--granularity", default="nchw", choices=GRANULARITIES)
-    parser.add_argument("--period", type=int, default=1)
-    parser.add_argument("--epochs", type=int, default=30)
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--lr", type=float, default=3e-3)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--no-dense", action="store_true", help="skip the dense baseline")
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+        "train", help="train a model densely and with SWAT, and compare",
+        description="Train on scikit-learn's digits (no download) or other data, densely and with SWAT; "
+                    "print both accuracies and the per-layer sparsity achieved.")
+    cli_options.add_run_options(parser)
+    cli_options.add_swat_options(parser)
+    parser.add_argument("--no-dense", action="store_true", help="skip the dense baseline (one run)")
+    cli_options.add_output_options(parser, "one row per run and epoch (loss, accuracies, achieved sparsity)")
+    parser.add_argument("--monitor", default=None, metavar="FILE.csv",
+                        help="record the SWAT run's sites at every step (density, Top-K threshold) to this CSV")
+    parser.add_argument("--angle", action="store_true", help="with --monitor: also the sparsification angle")
     parser.set_defaults(run=run)
