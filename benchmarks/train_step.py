@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import gc
 import json
 import statistics
 import sys
@@ -117,6 +118,8 @@ def run(quick: bool) -> list[Row]:
                     held = saved_tensor_bytes(model, x)
                 rows.append(Row(name, variant, sparsity, seconds * 1e3, seconds / dense_time,
                                 held / 2**20, held / dense_bytes))
+                del model
+                gc.collect()  # a GraphModule and its graph reference each other: free it before the next
                 print(_format([rows[-1]], header=False), flush=True)
     return rows
 
