@@ -87,11 +87,6 @@ def _scatter_units(kept: torch.Tensor, index: torch.Tensor, dim: int, size: int,
     return out.index_copy_(dim, index, kept)
 
 
-def _placeholder(like: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
-    """A stand-in of the right shape for an operand whose values a gradient does not read."""
-    return like.new_empty(()).expand(*shape)
-
-
 class _SwatConv(torch.autograd.Function):
     @staticmethod
     def forward(
@@ -119,6 +114,7 @@ class _SwatConv(torch.autograd.Function):
             w, g = weight_bwd, grad
             if isinstance(w, UNITS):  # only the kept filters, and G's matching channels, enter dX
                 w, g = w.values, grad.index_select(1, w.index)
+            # dX reads only the shape of the input argument, dW only that of the weight: empty stand-ins
             dx = torch.ops.aten.convolution_backward(
                 g, grad.new_empty(padded_shape), to_dense(w), None, *ctx.conv_args, [True, False, False])[0]
             if any(ctx.extra):
@@ -128,7 +124,7 @@ class _SwatConv(torch.autograd.Function):
             weight_shape = list(ctx.weight_shape)
             weight_shape[1] = x.shape[1] // ctx.conv_args[-1]
             dw = torch.ops.aten.convolution_backward(
-                grad, _pad_right(x, ctx.extra), _placeholder(grad, weight_shape), None, *ctx.conv_args,
+                grad, _pad_right(x, ctx.extra), grad.new_empty(weight_shape), None, *ctx.conv_args,
                 [False, True, False])[1]
             if isinstance(input_bwd, UNITS):
                 dw = grad.new_zeros(ctx.weight_shape).index_copy_(1, input_bwd.index, dw)
