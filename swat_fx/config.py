@@ -17,7 +17,6 @@ ALGORITHMS: dict[str, frozenset[str]] = {
     "dense": frozenset(),
 }
 GRANULARITIES: tuple[str, ...] = ("nchw", "chw", "hw", "kernel", "filter")
-STRUCTURED_GRANULARITIES: frozenset[str] = frozenset({"kernel", "filter"})
 DISTRIBUTIONS: tuple[str, ...] = ("uniform", "erk")
 KERNELS: tuple[str, ...] = ("auto", "masked", "compressed", "compact")
 

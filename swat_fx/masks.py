@@ -13,9 +13,6 @@ from dataclasses import dataclass
 
 import torch
 
-ROLES = ("weight", "input", "grad")
-LAYER_KINDS = ("conv", "linear")
-
 
 @dataclass(frozen=True)
 class MaskLayout:

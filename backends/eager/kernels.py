@@ -10,7 +10,7 @@ so a dense activation replaced by `input_bwd` is not kept alive by the op.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -265,15 +265,10 @@ def max_pool2d(x: torch.Tensor, kernel_size: Any, stride: Any, padding: Any, dil
     return _IndexMaxPool2d.apply(x, kernel_size, stride, padding, dilation, ceil_mode)
 
 
-KERNELS = ("dense", "masked", "compressed", "compact")
-_CONV: dict[str, Callable[..., torch.Tensor]] = {"dense": conv_dense}
-_LINEAR: dict[str, Callable[..., torch.Tensor]] = {"dense": linear_dense}
-
-
 def conv(*args: Any, kernel: str = "masked", **kwargs: Any) -> torch.Tensor:
     """`kernel` names how the operands are stored; all but "dense" run the same autograd kernel."""
-    return _CONV.get(kernel, conv_swat)(*args, **kwargs)
+    return (conv_dense if kernel == "dense" else conv_swat)(*args, **kwargs)
 
 
 def linear(*args: Any, kernel: str = "masked", **kwargs: Any) -> torch.Tensor:
-    return _LINEAR.get(kernel, linear_swat)(*args, **kwargs)
+    return (linear_dense if kernel == "dense" else linear_swat)(*args, **kwargs)
