@@ -1,32 +1,31 @@
-"""FX passes that turn a traced model into a SWAT graph, in the order `transform` runs them.
+"""Backend-neutral FX passes that turn a traced model into a SWAT graph (SPEC §5).
 
-Each pass is `GraphModule -> GraphModule` and does one job; its docstring states its pre- and
-post-conditions.
+Each pass is a `SwatPass` that states what it requires and ensures; `neutral_passes` is the pipeline
+`transform` runs, under a `PassManager` that checks every contract and lints the graph after each pass.
+Passes never import a backend.
 """
 
-from swat_fx.passes.assign_budgets import assign_budgets, erk_densities
-from swat_fx.passes.choose_kernels import choose_kernels
-from swat_fx.passes.find_sparsifiable_ops import (
-    META_KEY,
-    SparsifiableOp,
-    find_sparsifiable_ops,
-    sparsifiable_nodes,
-)
-from swat_fx.passes.insert_sparsification import STATE_ROOT, insert_sparsification, state_path
-from swat_fx.passes.share_sparsified_inputs import share_sparsified_inputs
-from swat_fx.passes.store_activations_compactly import store_activations_compactly
+from swat_fx.config import SwatConfig
+from swat_fx.passes.assign_budgets import AssignBudgets, erk_densities
+from swat_fx.passes.find_weight_products import FindWeightProducts
+from swat_fx.passes.insert_sparsification import InsertSparsification
+from swat_fx.passes.pass_base import Condition, SwatPass
+from swat_fx.passes.pass_manager import PassContractError, PassManager
+
+
+def neutral_passes(config: SwatConfig) -> PassManager:
+    """find weight products -> assign budgets -> insert sparsification."""
+    return PassManager([FindWeightProducts(), AssignBudgets(config), InsertSparsification()])
+
 
 __all__ = [
-    "META_KEY",
-    "STATE_ROOT",
-    "SparsifiableOp",
-    "assign_budgets",
-    "choose_kernels",
+    "AssignBudgets",
+    "Condition",
+    "FindWeightProducts",
+    "InsertSparsification",
+    "PassContractError",
+    "PassManager",
+    "SwatPass",
     "erk_densities",
-    "find_sparsifiable_ops",
-    "insert_sparsification",
-    "share_sparsified_inputs",
-    "sparsifiable_nodes",
-    "state_path",
-    "store_activations_compactly",
+    "neutral_passes",
 ]

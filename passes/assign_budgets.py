@@ -1,8 +1,8 @@
-"""Pass: give each sparsifiable op its sparsity (SPEC §4).
+"""Pass: give each weight product its sparsity and SWAT plan (SPEC §4).
 
-Pre: `find_sparsifiable_ops` ran. Post: every `SparsifiableOp.sparsity` is set; the graph is unchanged.
 Order of rules: the distribution (uniform or ERK) over the layers that are sparsified, the first and
-last layer rules, then per-layer overrides, which win over everything.
+last layer rules, then per-layer overrides, which win over everything. Each record is replaced by one
+with `sparsity`, `sites`, `granularity` and `period` set; the graph is unchanged.
 """
 
 from __future__ import annotations
@@ -14,7 +14,9 @@ from collections.abc import Sequence
 import torch.fx as fx
 
 from swat_fx.config import SwatConfig
-from swat_fx.passes.find_sparsifiable_ops import META_KEY, SparsifiableOp, sparsifiable_nodes
+from swat_fx.contract import OP_META, WeightProduct, record_of, weight_product_nodes
+from swat_fx.passes.conditions import BUDGETS_ASSIGNED, PRODUCTS_RECORDED
+from swat_fx.passes.pass_base import SwatPass
 
 
 def erk_densities(shapes: Sequence[Sequence[int]], density: float) -> list[float]:
@@ -34,7 +36,7 @@ def erk_densities(shapes: Sequence[Sequence[int]], density: float) -> list[float
         dense |= capped
 
 
-def _check_overrides(ops: list[SparsifiableOp], overrides: dict[str, float]) -> None:
+def _check_overrides(ops: list[WeightProduct], overrides: dict[str, float]) -> None:
     names = {op.name for op in ops} | {op.name.split("@")[0] for op in ops}
     for key in overrides:
         if key not in names:
@@ -43,9 +45,8 @@ def _check_overrides(ops: list[SparsifiableOp], overrides: dict[str, float]) -> 
             raise KeyError(f"layer_sparsity names no sparsifiable layer: {key!r} ({hint})")
 
 
-def assign_budgets(gm: fx.GraphModule, config: SwatConfig) -> fx.GraphModule:
-    """Set `sparsity` on every annotated op according to `config`."""
-    ops = [node.meta[META_KEY] for node in sparsifiable_nodes(gm)]
+def budgets(ops: list[WeightProduct], config: SwatConfig) -> dict[str, float]:
+    """The sparsity of every op, by name, under `config`'s rules."""
     _check_overrides(ops, dict(config.layer_sparsity))
     excluded = set()
     if ops and not config.sparsify_first:
@@ -53,7 +54,7 @@ def assign_budgets(gm: fx.GraphModule, config: SwatConfig) -> fx.GraphModule:
     if ops and not config.sparsify_last:
         excluded.add(ops[-1].name)
 
-    def override(op: SparsifiableOp) -> float | None:
+    def override(op: WeightProduct) -> float | None:
         return config.layer_sparsity.get(op.name, config.layer_sparsity.get(op.name.split("@")[0]))
 
     free = [op for op in ops if op.name not in excluded and override(op) is None]
@@ -62,6 +63,26 @@ def assign_budgets(gm: fx.GraphModule, config: SwatConfig) -> fx.GraphModule:
         budget = {op.name: max(0.0, 1.0 - d) for op, d in zip(free, densities, strict=True)}
     else:
         budget = {op.name: config.sparsity for op in free}
-    for op in ops:
-        op.sparsity = override(op) if override(op) is not None else budget.get(op.name, 0.0)
-    return gm
+    return {op.name: override(op) if override(op) is not None else budget.get(op.name, 0.0) for op in ops}
+
+
+class AssignBudgets(SwatPass):
+    """Set sparsity, sites, granularity and period on every `WeightProduct` according to `config`."""
+
+    requires = (PRODUCTS_RECORDED,)
+    ensures = (BUDGETS_ASSIGNED,)
+
+    def __init__(self, config: SwatConfig) -> None:
+        self.config = config
+
+    def call(self, gm: fx.GraphModule) -> fx.GraphModule:
+        nodes = weight_product_nodes(gm)
+        sparsity = budgets([record_of(node) for node in nodes], self.config)
+        for node in nodes:
+            record = record_of(node)
+            s = sparsity[record.name]
+            node.meta[OP_META] = record.replace(
+                sparsity=s, sites=self.config.active_sites if s > 0 else frozenset(),
+                granularity=self.config.granularity, period=self.config.period,
+            )
+        return gm

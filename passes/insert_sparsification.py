@@ -1,15 +1,15 @@
-"""Pass: rewrite each sparsified op into explicit Top-K nodes feeding a `swat_fx.ops` call.
+"""Pass: rewrite each sparsified weight product into explicit Top-K nodes feeding a `swat_fx.ops` call.
 
-Pre: `assign_budgets` ran. Post: every op with sparsity > 0 and at least one active site is replaced by
+Every op with sparsity > 0 and at least one site is replaced by
 
     {layer}_w_s = self.swat.{layer}.w_topk(weight)   # W_s, for fw_w / bw_w
     {layer}_x_s = self.swat.{layer}.x_topk(x)        # X_s, for bw_a (or the op's input itself, for fw_a)
     y = swat_fx.ops.conv(x, weight, bias, ..., weight_fwd=..., weight_bwd=..., input_bwd=...)
     {layer}_g_s = self.swat.{layer}.g_topk(y)        # G_s in the backward, for bw_g
 
-The `TopK` modules live under the `swat` submodule, mirroring the layer's qualified name, so their
-state is in `state_dict()` as `swat.<layer>.<w|x|g>_topk.{step,threshold,density}`. Parameters keep
-their original names: the rewritten op reads them with `get_attr`.
+The `TopK` modules live under the `swat` submodule, mirroring the layer's qualified name
+(`contract.site_target`), so their state is in `state_dict()`. Parameters keep their original names:
+the rewritten op reads them with `get_attr`. Nothing here is specific to a backend.
 """
 
 from __future__ import annotations
@@ -18,19 +18,14 @@ import torch.fx as fx
 import torch.nn.functional as F
 
 from swat_fx import ops
-from swat_fx.config import SwatConfig
-from swat_fx.passes.find_sparsifiable_ops import META_KEY, SparsifiableOp, is_transpose, sparsifiable_nodes
+from swat_fx.contract import Slot, WeightProduct, record_of, site_target, weight_product_nodes
+from swat_fx.passes.conditions import BACKEND_NEUTRAL, BUDGETS_ASSIGNED, SITES_INSERTED
+from swat_fx.passes.find_weight_products import is_transpose, operands_of
+from swat_fx.passes.pass_base import SwatPass
 from swat_fx.topk import TopK
 
-STATE_ROOT = "swat"
 
-
-def state_path(op: SparsifiableOp) -> str:
-    """Where an op's `TopK` modules live: `swat.<layer qualified name>`."""
-    return f"{STATE_ROOT}.{op.name}"
-
-
-def _node_name(op: SparsifiableOp, suffix: str) -> str:
+def _node_name(op: WeightProduct, suffix: str) -> str:
     return op.name.replace(".", "_").replace("@", "_call") + suffix
 
 
@@ -38,50 +33,49 @@ def _operand(graph: fx.Graph, value: fx.Node | str | None) -> fx.Node | None:
     return graph.get_attr(value) if isinstance(value, str) else value
 
 
-def _sparsify(
-    gm: fx.GraphModule, op: SparsifiableOp, config: SwatConfig, slot: str, value: fx.Node, **mode: bool
-) -> fx.Node:
-    role = {"w": "weight", "x": "input", "g": "grad"}[slot]
-    site = TopK(op.sparsity, config.granularity, role, op.layer, config.period, **mode)
-    site.to(gm.get_parameter(op.weight_param).device)
-    target = f"{state_path(op)}.{slot}_topk"
+def _sparsify(gm: fx.GraphModule, op: WeightProduct, slot: Slot, value: fx.Node, **mode: bool) -> fx.Node:
+    site = TopK(op.sparsity, op.granularity, slot.role, op.layer, op.period, **mode)
+    site.to(gm.get_parameter(op.weight).device)
+    target = site_target(op.name, slot)
     gm.add_submodule(target, site)
-    return gm.graph.create_node("call_module", target, (value,), name=_node_name(op, f"_{slot}_s"))
+    return gm.graph.create_node("call_module", target, (value,), name=_node_name(op, f"_{slot.value}_s"))
 
 
-def _rewrite(gm: fx.GraphModule, node: fx.Node, op: SparsifiableOp, config: SwatConfig, x: fx.Node) -> fx.Node:
-    """Replace `node` (whose input is now `x`) by its SWAT form; return the node that replaces it."""
-    sites = config.active_sites
+def _rewrite(gm: fx.GraphModule, node: fx.Node, op: WeightProduct) -> None:
+    """Replace `node` by its SWAT form (its users read the new op, or G_s's site after it)."""
+    sites = op.sites
     graph = gm.graph
+    operands = operands_of(gm, node)
+    x = operands.input
     with graph.inserting_before(node):
         if op.pad_mode is not None:
             mode, pad = op.pad_mode
             x = graph.call_function(F.pad, (x, pad), {"mode": mode})
-        weight = _operand(graph, op.weight)
+        weight = _operand(graph, operands.weight)
         if op.transpose_weight:
             weight = graph.call_method("t", (weight,))
-        bias = _operand(graph, op.bias)
+        bias = _operand(graph, operands.bias)
         kwargs: dict = {}
         if sites & {"fw_w", "bw_w"}:
-            w_s = _sparsify(gm, op, config, "w", weight, backward_only="fw_w" not in sites)
+            w_s = _sparsify(gm, op, Slot.WEIGHT, weight, backward_only="fw_w" not in sites)
             kwargs["weight_fwd"] = w_s if "fw_w" in sites else None
             kwargs["weight_bwd"] = w_s if "bw_w" in sites else None
         if "fw_a" in sites:
-            x = _sparsify(gm, op, config, "x", x, differentiable=True)
+            x = _sparsify(gm, op, Slot.INPUT, x, differentiable=True)
         elif "bw_a" in sites:
-            kwargs["input_bwd"] = _sparsify(gm, op, config, "x", x, backward_only=True)
+            kwargs["input_bwd"] = _sparsify(gm, op, Slot.INPUT, x, backward_only=True)
         target = ops.linear if op.kind == "linear" else ops.conv
-        result = graph.create_node("call_function", target, (x, weight, bias),
-                                   {**op.conv, **kwargs, "kernel": "masked"}, name=_node_name(op, "_y"))
-        result.meta[META_KEY] = op
+        conv = op.conv.as_kwargs() if op.conv is not None else {}
+        result = graph.create_node("call_function", target, (x, weight, bias), {**conv, **kwargs},
+                                   name=_node_name(op, "_y"))
+        result.meta.update(node.meta)
     if "bw_g" in sites:
         with graph.inserting_after(result):
-            output = _sparsify(gm, op, config, "g", result)
+            output = _sparsify(gm, op, Slot.GRAD, result)
     else:
         output = result
     node.replace_all_uses_with(output)
     graph.erase_node(node)
-    return output
 
 
 def _erase_dead_transposes(graph: fx.Graph) -> None:
@@ -91,15 +85,16 @@ def _erase_dead_transposes(graph: fx.Graph) -> None:
             graph.erase_node(node)
 
 
-def insert_sparsification(gm: fx.GraphModule, config: SwatConfig) -> fx.GraphModule:
-    """Replace every op with sparsity > 0 by its SWAT form (nothing changes for `algorithm="dense"`)."""
-    if not config.active_sites:
+class InsertSparsification(SwatPass):
+    """Replace every sparsified weight product by its SWAT form (nothing changes for `algorithm="dense"`)."""
+
+    requires = (BUDGETS_ASSIGNED,)
+    ensures = (SITES_INSERTED, BACKEND_NEUTRAL)
+
+    def call(self, gm: fx.GraphModule) -> fx.GraphModule:
+        for node in weight_product_nodes(gm):
+            op = record_of(node)
+            if op.sparsified:
+                _rewrite(gm, node, op)
+        _erase_dead_transposes(gm.graph)
         return gm
-    replaced: dict[fx.Node, fx.Node] = {}  # an op's recorded input may be an op rewritten before it
-    for node in sparsifiable_nodes(gm):
-        op = node.meta[META_KEY]
-        if op.sparsity > 0.0:
-            replaced[node] = _rewrite(gm, node, op, config, replaced.get(op.input, op.input))
-    _erase_dead_transposes(gm.graph)
-    gm.recompile()
-    return gm

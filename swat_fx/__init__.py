@@ -4,26 +4,34 @@
     model = swat_fx.transform(model, sparsity=0.7)   # then train it as usual
 """
 
+from swat_fx.backends.eager.formats import Kernel
 from swat_fx.config import ALGORITHMS, GRANULARITIES, SITES, SwatConfig
+from swat_fx.contract import config_of, is_transformed, swat_graph
 from swat_fx.introspect import LayerInfo, format_layers, layers
 from swat_fx.monitor import Monitor, monitor  # eager: a lazy name equal to its module's is shadowed by it
+from swat_fx.passes import PassContractError
 from swat_fx.state import dense_state_dict
 from swat_fx.trace import SwatTraceError
-from swat_fx.transform import config_of, transform
+from swat_fx.transform import AlreadyTransformedError, transform
 
 __all__ = [
     "ALGORITHMS",
     "GRANULARITIES",
     "SITES",
+    "AlreadyTransformedError",
+    "Kernel",
     "LayerInfo",
     "Monitor",
+    "PassContractError",
     "SwatConfig",
     "SwatTraceError",
     "config_of",
     "dense_state_dict",
     "format_layers",
+    "is_transformed",
     "layers",
     "monitor",
+    "swat_graph",
     "transform",
 ]
 __version__ = "0.1.0"

@@ -23,7 +23,7 @@ from swat_fx.backends.accel.export import save_ir
 from swat_fx.backends.accel.formats import FORMATS
 from swat_fx.backends.accel.ir import PHASES, to_accel_ir
 from swat_fx.backends.accel.report import format_sweep
-from swat_fx.backends.accel.shapes import ShapePropagationError
+from swat_fx.shapes import ShapePropagationError
 
 __all__ = [
     "DENSITY_SOURCES",

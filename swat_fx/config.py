@@ -18,7 +18,6 @@ ALGORITHMS: dict[str, frozenset[str]] = {
 }
 GRANULARITIES: tuple[str, ...] = ("nchw", "chw", "hw", "kernel", "filter")
 DISTRIBUTIONS: tuple[str, ...] = ("uniform", "erk")
-KERNELS: tuple[str, ...] = ("auto", "masked", "compressed", "compact")
 
 
 def check_choice(option: str, value: Any, valid: Iterable[str]) -> None:
@@ -43,7 +42,9 @@ def check_sparsity(value: Any, what: str = "sparsity") -> float:
 
 @dataclass(frozen=True)
 class SwatConfig:
-    """Every option of `swat_fx.transform`, validated once at construction.
+    """Every option of the SWAT graph `swat_fx.transform` builds, validated once at construction.
+
+    Backend choices are not here: the eager storage choice is `transform(..., kernel=...)`.
 
     `algorithm` picks a preset set of sparsification sites (SPEC §2); `sites` gives them directly
     instead. Pass one or the other.
@@ -58,7 +59,6 @@ class SwatConfig:
     sparsify_last: bool = True
     distribution: str = "uniform"
     layer_sparsity: Mapping[str, float] = field(default_factory=dict)
-    kernel: str = "auto"
     leaf_modules: tuple[type[nn.Module] | str, ...] = ()
     concrete_args: Mapping[str, Any] | None = None
 
@@ -77,10 +77,6 @@ class SwatConfig:
             set_(self, "sites", sites)
         check_choice("granularity", self.granularity, GRANULARITIES)
         check_choice("distribution", self.distribution, DISTRIBUTIONS)
-        check_choice("kernel", self.kernel, KERNELS)
-        if self.kernel == "compact" and self.granularity != "filter":
-            raise ValueError("kernel='compact' computes on whole kept filters and channels: it needs "
-                             f"granularity='filter', got {self.granularity!r}")
         if isinstance(self.period, bool) or not isinstance(self.period, int) or self.period < 1:
             raise ValueError(f"period must be an integer >= 1 (steps between exact Top-K), got {self.period!r}")
         overrides = {str(k): check_sparsity(v, f"layer_sparsity[{k!r}]") for k, v in self.layer_sparsity.items()}

@@ -7,11 +7,10 @@ from dataclasses import dataclass
 
 import torch
 import torch.fx as fx
-from torch.fx.passes.shape_prop import ShapeProp
 
-from swat_fx.passes import META_KEY, SparsifiableOp, sparsifiable_nodes
+from swat_fx.contract import LOWERING_META, record_of, require_transformed, swat_graph, weight_product_nodes
+from swat_fx.shapes import TensorSpec, propagate
 from swat_fx.topk import TopK
-from swat_fx.transform import config_of
 
 _ROLES = ("weight", "input", "grad")
 
@@ -21,7 +20,8 @@ class LayerInfo:
     """One conv/linear call site of a transformed model.
 
     `achieved` maps "weight", "input", "grad" to the density kept at the last training step (1.0
-    before the first one), for the tensors this layer sparsifies.
+    before the first one), for the tensors this layer sparsifies. `kernel` is the eager backend's
+    kernel for it, and `note` says why it is not the one asked for, where it is not.
     """
 
     name: str
@@ -35,25 +35,12 @@ class LayerInfo:
     activation_sparsity: float
     grad_sparsity: float
     achieved: dict[str, float]
+    kernel: str | None = None
+    note: str | None = None
 
     @property
     def sparsified(self) -> bool:
         return bool(self.sites) and self.sparsity > 0.0
-
-
-def _shapes(gm: fx.GraphModule, example_inputs: Sequence[torch.Tensor]) -> None:
-    """Annotate every node with its tensor shape by running the model once, without changing state."""
-    was_training = gm.training
-    try:
-        with torch.no_grad():
-            ShapeProp(gm.eval()).propagate(*example_inputs)
-    finally:
-        gm.train(was_training)
-
-
-def _shape(node: object) -> tuple[int, ...] | None:
-    meta = getattr(node, "meta", {}).get("tensor_meta")
-    return tuple(meta.shape) if meta is not None and hasattr(meta, "shape") else None
 
 
 def _sites_of(model: fx.GraphModule, node: fx.Node) -> list[TopK]:
@@ -67,26 +54,34 @@ def _sites_of(model: fx.GraphModule, node: fx.Node) -> list[TopK]:
 
 def layers(model: fx.GraphModule, example_inputs: Sequence[torch.Tensor] | None = None) -> list[LayerInfo]:
     """Every sparsifiable op of a `swat_fx.transform`-ed model, in graph order (dense ones included,
-    with empty `sites`). Pass `example_inputs` to fill in input and output shapes."""
-    config = config_of(model)
-    if config is None:
-        raise TypeError("swat_fx.layers expects a model returned by swat_fx.transform")
-    if example_inputs is not None:
-        _shapes(model, example_inputs)
+    with empty `sites`). Pass `example_inputs` to fill in input and output shapes (the model's state
+    and graph are not changed)."""
+    require_transformed(model, "swat_fx.layers")
+    graph = swat_graph(model)
+    specs = propagate(graph, example_inputs) if example_inputs is not None else {}
+    lowerings = {record_of(node).name: node.meta.get(LOWERING_META) for node in weight_product_nodes(model)}
+
+    def shape(node: object) -> tuple[int, ...] | None:
+        spec = specs.get(node)
+        return spec.shape if isinstance(spec, TensorSpec) else None
+
     result = []
-    for node in sparsifiable_nodes(model):
-        op: SparsifiableOp = node.meta[META_KEY]
-        sites = config.active_sites if op.sparsity > 0 else frozenset()
-        achieved = {site.role: float(site.density) for site in _sites_of(model, node)}
+    for node in weight_product_nodes(graph):
+        op = record_of(node)
+        sites = op.sites if op.sparsified else frozenset()
+        achieved = {site.role: float(site.density) for site in _sites_of(graph, node)}
 
         def target(*on: str, sites: frozenset[str] = sites, s: float = op.sparsity) -> float:
             return s if sites.intersection(on) else 0.0
 
+        lowering = lowerings.get(op.name)
         result.append(LayerInfo(
             name=op.name, kind=op.kind, weight_shape=op.weight_shape,
-            input_shape=_shape(node.args[0]), output_shape=_shape(node), sites=sites,
+            input_shape=shape(node.args[0]), output_shape=shape(node), sites=sites,
             sparsity=op.sparsity if sites else 0.0, weight_sparsity=target("fw_w", "bw_w"),
             activation_sparsity=target("fw_a", "bw_a"), grad_sparsity=target("bw_g"), achieved=achieved,
+            kernel=lowering.choice if lowering is not None else None,
+            note=lowering.reason if lowering is not None else None,
         ))
     return result
 

@@ -16,20 +16,22 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn as nn
 from torch.utils.hooks import RemovableHandle
 
 from swat_fx.analysis import angle_between
-from swat_fx.operands import Operand, to_dense
-from swat_fx.passes import STATE_ROOT
+from swat_fx.backends.eager.operands import Operand, to_dense
+from swat_fx.contract import sites
 from swat_fx.topk import TopK
-from swat_fx.training import CsvLog
+
+if TYPE_CHECKING:
+    from swat_fx.lab.csv_log import CsvLog
 
 
 @dataclass(frozen=True)
@@ -49,14 +51,6 @@ class SiteRecord:
 
 
 COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(SiteRecord))
-
-
-def sites(model: nn.Module) -> Iterator[tuple[str, TopK]]:
-    """(layer name, site) for every `TopK` site of a transformed model, in module order."""
-    for name, module in model.named_modules():
-        if isinstance(module, TopK):
-            layer = name.removeprefix(STATE_ROOT + ".").rsplit(".", 1)[0]
-            yield layer, module
 
 
 class Monitor:
@@ -84,7 +78,7 @@ class Monitor:
         if self._handles:
             return self
         if self.csv is not None:
-            self._log = CsvLog(self.csv, COLUMNS)
+            self._log = _csv_log(self.csv)
         for layer, site in self.sites:
             if site.role == "grad":
                 self._watch_gradient(layer, site)
@@ -108,7 +102,7 @@ class Monitor:
         self.stop()
 
     def to_csv(self, path: str | os.PathLike[str]) -> None:
-        with CsvLog(path, COLUMNS) as log:
+        with _csv_log(path) as log:
             for record in self.records:
                 log.write(asdict(record))
 
@@ -162,6 +156,13 @@ class Monitor:
             self._log.write(asdict(record))
         if self.on_record is not None:
             self.on_record(record)
+
+
+def _csv_log(path: str | os.PathLike[str]) -> CsvLog:
+    """The monitor's file output is the lab's `CsvLog`, loaded only when a file is asked for."""
+    from swat_fx.lab.csv_log import CsvLog
+
+    return CsvLog(path, COLUMNS)
 
 
 def monitor(model: nn.Module, angle: bool = False, every: int = 1,

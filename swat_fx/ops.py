@@ -1,7 +1,9 @@
-"""The ops a SWAT graph is made of: `conv` and `linear` with separately sparsified operands.
+"""The ops of a SWAT graph: `conv` and `linear` with separately sparsified operands (SPEC §2).
 
-Passes insert calls to these functions; backends recognise them. Executed eagerly they dispatch to
-the eager backend's kernel named by `kernel` (chosen by the `choose_kernels` pass).
+The neutral passes insert calls to these functions and every backend recognises them: they state
+*what* each product computes, not how its operands are stored. Executed as they are (the neutral
+graph run in PyTorch) they take zero-filled operands and run the eager backend's masked kernel;
+the eager lowering replaces them by its own kernels and storage formats.
 """
 
 from __future__ import annotations
@@ -9,8 +11,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-
-from swat_fx.backends import eager
 
 
 def conv(
@@ -25,15 +25,16 @@ def conv(
     weight_fwd: torch.Tensor | None = None,
     weight_bwd: torch.Tensor | None = None,
     input_bwd: torch.Tensor | None = None,
-    kernel: str = "masked",
 ) -> torch.Tensor:
     """N-d convolution: Y = conv(input, weight_fwd), dX = conv_x(G, weight_bwd), dW = conv_w(input_bwd, G).
 
     The gradient is returned for the dense `weight`; `None` operands mean the dense tensor.
     """
-    return eager.conv(
+    from swat_fx.backends.eager.kernels import conv_swat  # the graph's meaning, run; passes never load it
+
+    return conv_swat(
         input, weight, bias, stride=stride, padding=padding, dilation=dilation, groups=groups,
-        weight_fwd=weight_fwd, weight_bwd=weight_bwd, input_bwd=input_bwd, kernel=kernel,
+        weight_fwd=weight_fwd, weight_bwd=weight_bwd, input_bwd=input_bwd,
     )
 
 
@@ -45,26 +46,13 @@ def linear(
     weight_fwd: torch.Tensor | None = None,
     weight_bwd: torch.Tensor | None = None,
     input_bwd: torch.Tensor | None = None,
-    kernel: str = "masked",
 ) -> torch.Tensor:
     """Linear on [..., F]: Y = input @ weight_fwd.T + b, dX = G @ weight_bwd, dW = G^T @ input_bwd."""
-    return eager.linear(
-        input, weight, bias, weight_fwd=weight_fwd, weight_bwd=weight_bwd, input_bwd=input_bwd, kernel=kernel
-    )
+    from swat_fx.backends.eager.kernels import linear_swat
 
-
-def relu(input: torch.Tensor) -> torch.Tensor:
-    """ReLU that keeps 1 bit an entry for its backward instead of its output, so an activation that
-    feeds only SWAT ops (which save it compressed) is freed after the forward."""
-    return eager.relu(input)
-
-
-def max_pool2d(
-    input: torch.Tensor, kernel_size: int | Sequence[int], stride: int | Sequence[int] | None,
-    padding: int | Sequence[int], dilation: int | Sequence[int], ceil_mode: bool,
-) -> torch.Tensor:
-    """Max-pool that keeps only its indices (int32) for the backward, not its input."""
-    return eager.max_pool2d(input, kernel_size, stride, padding, dilation, ceil_mode)
+    return linear_swat(input, weight, bias, weight_fwd=weight_fwd, weight_bwd=weight_bwd, input_bwd=input_bwd)
 
 
 SWAT_OPS = (conv, linear)
+SPARSE_OPERANDS = ("weight_fwd", "weight_bwd", "input_bwd")
+"""The keywords of a SWAT op that take a sparsified operand (None: the dense tensor)."""

@@ -11,10 +11,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from swat_fx.passes import STATE_ROOT
+from swat_fx.contract import is_state_key
 
 
 def dense_state_dict(state_dict: Mapping[str, Any]) -> dict[str, Any]:
     """`state_dict` without the SWAT entries: loadable into the original, untransformed model."""
-    prefix = STATE_ROOT + "."
-    return {key: value for key, value in state_dict.items() if not key.startswith(prefix)}
+    return {key: value for key, value in state_dict.items() if not is_state_key(key)}

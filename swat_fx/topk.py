@@ -7,7 +7,7 @@ and its state (step counter, stored threshold, achieved density) is in `state_di
 from __future__ import annotations
 
 import functools
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 import torch.nn as nn
@@ -21,7 +21,17 @@ from swat_fx.masks import (
     mask_layout,
     scores,
 )
-from swat_fx.operands import CompressedTensor, KeptFilters, KeptUnits, SparseOperand, ThresholdedParameter
+
+
+class StorageFormat(Protocol):
+    """How a backend wants a site's output: `encode` builds it from the tensor and the site's mask.
+
+    The neutral graph has none (the site returns the zero-filled tensor); a backend's lowering sets
+    one as the site's `format` keyword (the eager backend's formats are an enum of these).
+    """
+
+    def encode(self, t: torch.Tensor, keep: torch.Tensor, threshold: torch.Tensor, layout: MaskLayout,
+               unit_dim: int) -> Any: ...
 
 
 class TopK(nn.Module):
@@ -68,10 +78,11 @@ class TopK(nn.Module):
             f"period={self.period}" + (f", {mode}" if mode else "")
         )
 
-    def forward(self, t: torch.Tensor, format: str = "dense") -> torch.Tensor | SparseOperand | None:
-        """The sparsified tensor: zero-filled (`"dense"`), or in a `swat_fx.operands` format that the
-        kernel stores for backward (`"thresholded"` for weights, `"compressed"` for activations,
-        `"units"` for structured ones), as chosen by the `choose_kernels` pass."""
+    def forward(self, t: torch.Tensor, format: StorageFormat | None = None) -> Any:
+        """The sparsified tensor: zero-filled, or as `format.encode` builds it (a backend's storage
+        format, chosen by its lowering)."""
+        if format is not None and not callable(getattr(format, "encode", None)):
+            raise TypeError(f"TopK format must be a StorageFormat (with an `encode` method) or None, got {format!r}")
         refresh = self._next_step() if self.training else None
         if self.role == "grad":
             if t.requires_grad:  # a hook, not a Function: an in-place op (ReLU) may follow
@@ -81,7 +92,7 @@ class TopK(nn.Module):
             return None
         layout = self.layout(t)
         tau, s = self._threshold(t, layout, refresh)
-        if format == "dense" and not layout.score_dims and tau.numel() == 1:
+        if format is None and not layout.score_dims and tau.numel() == 1:
             with torch.set_grad_enabled(self.differentiable and torch.is_grad_enabled()):
                 out = apply_threshold(t, tau)
             if refresh is not None:  # with tau > 0 the kept entries are exactly the non-zero ones
@@ -89,12 +100,8 @@ class TopK(nn.Module):
                 self.density.fill_(kept)
             return out
         keep = self._keep(t, layout, tau, s, record=refresh is not None)
-        if format == "thresholded":
-            return ThresholdedParameter(t, tau.detach().clone(), layout)
-        if format == "compressed":
-            return CompressedTensor.compress(t, keep)
-        if format == "units":
-            return KeptFilters.select(t, keep) if self.role == "weight" else KeptUnits.select(t, keep, self.unit_dim)
+        if format is not None:
+            return format.encode(t, keep, tau, layout, self.unit_dim)
         with torch.set_grad_enabled(self.differentiable and torch.is_grad_enabled()):
             return apply_mask(t, keep)
 

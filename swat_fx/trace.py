@@ -59,8 +59,6 @@ def trace(
     """Trace a deep copy of `model` (the caller's model is never modified)."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"swat_fx.transform expects a torch.nn.Module, got {type(model).__name__}")
-    if isinstance(model, fx.GraphModule):
-        return copy.deepcopy(model)
     root = copy.deepcopy(model)
     tracer = _SwatTracer(leaf_modules)
     try:

@@ -1,4 +1,4 @@
-"""`transform`: trace a model and run the SWAT passes over it."""
+"""`transform`: trace a model, run the neutral SWAT passes over it, and lower it for eager PyTorch."""
 
 from __future__ import annotations
 
@@ -8,57 +8,45 @@ from typing import Any
 import torch.fx as fx
 import torch.nn as nn
 
+from swat_fx.backends.eager.formats import Kernel
+from swat_fx.backends.eager.lowering import lower
 from swat_fx.config import SwatConfig
-from swat_fx.passes import (
-    assign_budgets,
-    choose_kernels,
-    find_sparsifiable_ops,
-    insert_sparsification,
-    share_sparsified_inputs,
-    sparsifiable_nodes,
-    store_activations_compactly,
-)
+from swat_fx.contract import CONFIG_META, config_of, is_transformed, weight_product_nodes
+from swat_fx.passes import neutral_passes
 from swat_fx.trace import trace
 
-CONFIG_ATTR = "swat_config"
 
-
-def config_of(model: nn.Module) -> SwatConfig | None:
-    """The `SwatConfig` a model was transformed with, or None for any other module.
-
-    It lives in `GraphModule.meta`, which survives `copy.deepcopy` (plain attributes do not); the
-    `swat_config` attribute is a convenience on the object `transform` returned.
-    """
-    meta = getattr(model, "meta", None)
-    config = meta.get(CONFIG_ATTR) if isinstance(meta, dict) else None
-    return config if isinstance(config, SwatConfig) else None
+class AlreadyTransformedError(TypeError):
+    """`transform` was given a model that `transform` returned."""
 
 
 def transform(model: nn.Module, sparsity: float | None = None, *, config: SwatConfig | None = None,
-              **options: Any) -> fx.GraphModule:
+              kernel: str | Kernel = "auto", **options: Any) -> fx.GraphModule:
     """Return a copy of `model` that trains with SWAT (or SAW, meProp: see `SwatConfig`).
 
     `sparsity` and `options` are `SwatConfig` fields; `config` gives them all at once (the keyword
-    arguments then override it). The input model is not modified; parameters keep their names.
+    arguments then override it). `kernel` is the eager backend's storage choice: "auto", "masked",
+    "compressed" or "compact" (other backends read the same SWAT graph whatever it is). The input
+    model is not modified; parameters keep their names.
     """
+    if is_transformed(model):
+        raise AlreadyTransformedError(
+            f"this {type(model).__name__} was already transformed by swat_fx (config: {config_of(model)}); "
+            "transform the original model instead, e.g. swat_fx.transform(original, sparsity=...), and load "
+            "its state with model.load_state_dict(...) (swat_fx.dense_state_dict strips the SWAT state)"
+        )
     if sparsity is not None:
         options["sparsity"] = sparsity
     config = SwatConfig(**options) if config is None else config.replace(**options)
+    kernel = Kernel.parse(kernel)
     gm = trace(model, config.leaf_modules, config.concrete_args)
-    gm = find_sparsifiable_ops(gm)
-    if not sparsifiable_nodes(gm):
+    gm = lower(neutral_passes(config)(gm), kernel)
+    if not weight_product_nodes(gm):
         warnings.warn(
             f"swat_fx found no sparsifiable op (conv/linear with a parameter weight) in "
             f"{type(model).__name__}; the model is returned unchanged and trains densely. "
             "If its layers are inside leaf modules, remove them from leaf_modules.",
             stacklevel=2,
         )
-    gm = assign_budgets(gm, config)
-    gm = insert_sparsification(gm, config)
-    gm = choose_kernels(gm, config)
-    gm = share_sparsified_inputs(gm)
-    gm = store_activations_compactly(gm)
-    gm.graph.lint()
-    gm.meta[CONFIG_ATTR] = config
-    setattr(gm, CONFIG_ATTR, config)
+    gm.meta[CONFIG_META] = config
     return gm.train(model.training)

@@ -22,8 +22,8 @@ import torch.nn as nn
 import swat_fx
 from swat_fx import models
 from swat_fx.accel import Accelerator, ShapePropagationError
-from swat_fx.cli import main as cli
-from swat_fx.data import load_digits
+from swat_fx.lab.cli import main as cli
+from swat_fx.lab.data import load_digits
 
 SELECT = 2 + 2 * math.log(2)  # Top-K selection comparisons per score
 

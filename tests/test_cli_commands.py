@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from swat_fx import plotting
-from swat_fx.cli import main
+from swat_fx.lab import plotting
+from swat_fx.lab.cli import main
 from swat_fx.monitor import COLUMNS as MONITOR_COLUMNS
 
 TINY = ["--dataset", "synthetic", "--max-samples", "48", "--batch-size", "16", "--epochs", "1", "--quiet"]

@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from swat_fx import experiments
-from swat_fx.cli import main
+from swat_fx.lab import experiments
+from swat_fx.lab.cli import main
 
 TINY = ["--max-samples", "48", "--batch-size", "16", "--quiet"]
 

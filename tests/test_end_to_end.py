@@ -7,9 +7,9 @@ import torch
 
 import swat_fx
 from swat_fx import models
-from swat_fx.cli import main
-from swat_fx.data import load_digits
-from swat_fx.training import train
+from swat_fx.lab.cli import main
+from swat_fx.lab.data import load_digits
+from swat_fx.lab.training import train
 
 SMALL_INPUTS = {"resnet18": 64, "resnet34": 64, "resnet50": 64, "vgg16_bn": 64, "densenet121": 64,
                 "wide_resnet50_2": 64}

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from swat_fx import experiments, plotting
-from swat_fx.data import load_dataset, load_npz, synthetic
-from swat_fx.experiments import Settings
-from swat_fx.training import EpochLog
+from swat_fx.lab import experiments, plotting
+from swat_fx.lab.data import load_dataset, load_npz, synthetic
+from swat_fx.lab.experiments import Settings
+from swat_fx.lab.training import EpochLog
 
 TINY = Settings(epochs=2, batch_size=16, progress=False)
 

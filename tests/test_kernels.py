@@ -13,9 +13,11 @@ import torch.nn.functional as F
 
 import swat_fx
 from swat_fx import models
+from swat_fx.backends.eager import kernels
+from swat_fx.backends.eager.formats import Format
+from swat_fx.backends.eager.operands import CompressedTensor, KeptUnits, ThresholdedParameter, pack_bits, unpack_bits
 from swat_fx.masks import mask_layout
 from swat_fx.memory import saved_tensor_bytes
-from swat_fx.operands import CompressedTensor, KeptUnits, ThresholdedParameter, pack_bits, unpack_bits
 from swat_fx.topk import TopK
 
 
@@ -50,30 +52,31 @@ def test_fast_paths_give_the_masked_paths_gradients(kernel: str, granularity: st
 
 def test_kernel_choice_is_visible_in_the_code() -> None:
     filt = swat_fx.transform(models.small_cnn(), 0.7, granularity="filter").code
-    assert "kernel = 'compact'" in filt and "format = 'units'" in filt
+    assert "kernel = Kernel.COMPACT" in filt
+    assert "format = Format.FILTERS" in filt and "format = Format.CHANNELS" in filt
     compressed = swat_fx.transform(models.small_cnn(), 0.7, kernel="compressed").code
-    assert "kernel = 'compressed'" in compressed and "format = 'compressed'" in compressed
-    assert "swat_fx_ops_relu" in compressed  # ReLUs feeding compressed X_s keep 1 bit an entry
+    assert "kernel = Kernel.COMPRESSED" in compressed and "format = Format.COMPRESSED" in compressed
+    assert "swat_fx_backends_eager_kernels_relu" in compressed  # ReLUs feeding compressed X_s keep 1 bit an entry
     default = swat_fx.transform(models.small_cnn(), 0.7).code
-    assert "kernel = 'masked'" in default and "format = 'thresholded'" in default
-    assert "format = 'compressed'" not in default and "swat_fx_ops_relu" not in default
+    assert "kernel = Kernel.MASKED" in default and "format = Format.THRESHOLDED" in default
+    assert "format = Format.COMPRESSED" not in default and "swat_fx_backends_eager_kernels_relu" not in default
 
 
 def test_compact_falls_back_for_grouped_convs() -> None:
     model = nn.Sequential(nn.Conv2d(4, 8, 3), nn.Conv2d(8, 8, 3, groups=2), nn.Conv2d(8, 4, 1))
     code = swat_fx.transform(model, 0.5, granularity="filter").code
-    assert code.count("kernel = 'compact'") == 1 and code.count("kernel = 'masked'") == 1
+    assert code.count("kernel = Kernel.COMPACT") == 1 and code.count("kernel = Kernel.MASKED") == 1
 
 
 def test_compact_needs_filter_granularity() -> None:
     with pytest.raises(ValueError, match="granularity='filter'"):
-        swat_fx.SwatConfig(kernel="compact", granularity="nchw")
+        swat_fx.transform(models.small_cnn(), 0.5, kernel="compact", granularity="nchw")
 
 
 def test_block_input_is_sparsified_once_for_conv_and_downsample() -> None:
     transformed = swat_fx.transform(models.resnet18(num_classes=10), 0.7, kernel="compressed")
     ops = {node.meta["swat"].name: node for node in transformed.graph.nodes
-           if node.target in (swat_fx.ops.conv, swat_fx.ops.linear)}
+           if node.target in (kernels.conv, kernels.linear)}
     shared = ops["layer2.0.conv1"].kwargs["input_bwd"]
     assert ops["layer2.0.downsample.0"].kwargs["input_bwd"] is shared
     x_sites = [m for name, m in transformed.named_modules() if name.endswith("x_topk")]
@@ -117,7 +120,7 @@ def test_operand_formats_round_trip() -> None:
     for granularity in ("nchw", "chw", "kernel"):
         layout = mask_layout("weight", "conv", granularity, 4)
         site = TopK(0.6, granularity, "weight", "conv").eval()
-        operand = site(w, format="thresholded")
+        operand = site(w, format=Format.THRESHOLDED)
         assert isinstance(operand, ThresholdedParameter) and operand.layout == layout
         assert torch.equal(operand.to_dense(), site(w))
     channels = torch.tensor([True, False, True, False, False]).view(1, 5, 1)
@@ -130,7 +133,7 @@ def test_index_max_pool_gradient_is_exact() -> None:
     torch.manual_seed(5)
     for args in [(3, 2, 1, 1, False), (2, None, 0, 1, True), ((3, 2), (2, 1), (1, 0), 2, False)]:
         x = torch.randn(2, 3, 11, 9, requires_grad=True)
-        y = swat_fx.ops.max_pool2d(x, *args)
+        y = kernels.max_pool2d(x, *args)
         g = torch.randn_like(y)
         y.backward(g)
         x2 = x.detach().clone().requires_grad_()
@@ -141,7 +144,7 @@ def test_index_max_pool_gradient_is_exact() -> None:
 
 def test_stem_relu_and_max_pool_stop_holding_the_activation() -> None:
     code = swat_fx.transform(models.resnet50(num_classes=10), 0.8, kernel="compressed").code
-    assert "swat_fx_ops_max_pool2d(relu," in code.replace("relu_1", "relu")
+    assert "swat_fx_backends_eager_kernels_max_pool2d(relu," in code.replace("relu_1", "relu")
     assert "self.maxpool(" not in code
 
 
@@ -149,7 +152,7 @@ def test_bitmask_relu_gradient_is_exact() -> None:
     torch.manual_seed(3)
     x = torch.randn(4, 6, requires_grad=True)
     g = torch.randn(4, 6)
-    swat_fx.ops.relu(x).backward(g)
+    kernels.relu(x).backward(g)
     x2 = x.detach().clone().requires_grad_()
     torch.relu(x2).backward(g)
     assert torch.equal(x.grad, x2.grad)
@@ -159,5 +162,5 @@ def test_topk_formats_keep_state_like_dense() -> None:
     torch.manual_seed(4)
     site = TopK(0.5, "filter", "input", "conv", period=2)
     t = torch.randn(2, 6, 4, 4)
-    units = site(t, format="units")
+    units = site(t, format=Format.CHANNELS)
     assert units.index.numel() == 3 and int(site.step) == 1 and float(site.density) == 0.5

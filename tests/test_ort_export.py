@@ -14,7 +14,7 @@ import torch
 import torch.nn as nn
 
 import swat_fx
-from swat_fx import cli
+from swat_fx.lab import cli
 
 pytest.importorskip("onnxruntime.training")
 from test_ort_training import MODELS, AvgPool, _transformed
@@ -85,7 +85,7 @@ def test_cli_exports_both_formats(tmp_path: Path, capsys: pytest.CaptureFixture[
 
 
 def test_import_swat_fx_and_its_cli_never_import_onnx() -> None:
-    code = ("import sys, swat_fx, swat_fx.cli; swat_fx.cli.build_parser(); "
+    code = ("import sys, swat_fx, swat_fx.lab.cli; swat_fx.lab.cli.build_parser(); "
             "loaded = [m for m in sys.modules if m.split('.')[0] in ('onnx', 'onnxruntime')]; "
             "assert not loaded, loaded")
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -1,6 +1,6 @@
 """What kind of operation an fx node is, for the FLOP and byte conventions of the IR.
 
-Conv/linear nodes are recognised by the `SparsifiableOp` every one of them carries; `TopK` sites by
+Conv/linear nodes are recognised by the `WeightProduct` every one of them carries; `TopK` sites by
 their module type; everything else by the name of its module type, function or method, with the
 in-place `_` and the `1d/2d/3d` suffix removed (`BatchNorm2d`, `F.batch_norm` and `x.relu_()` all
 find their kind). Unknown ops fall back to `elementwise`.
@@ -12,12 +12,12 @@ import re
 
 import torch.fx as fx
 
-from swat_fx.passes import META_KEY, SparsifiableOp
+from swat_fx.contract import record_of
 from swat_fx.topk import TopK
 
 GEMM = "gemm"
 GEMM_KINDS = frozenset({"conv1d", "conv2d", "conv3d", "linear"})
-"""The `op` of the IR nodes of a conv/linear (its `SparsifiableOp.kind`)."""
+"""The `op` of the IR nodes of a conv/linear (its `WeightProduct.kind`)."""
 NORMS = frozenset({"batch_norm", "layer_norm", "group_norm", "instance_norm"})
 
 _KINDS: dict[str, tuple[str, ...]] = {
@@ -54,7 +54,7 @@ def _normalised_name(gm: fx.GraphModule, node: fx.Node) -> str:
 
 def op_kind(gm: fx.GraphModule, node: fx.Node) -> str:
     """`gemm` (a conv/linear with a parameter weight), `topk`, a kind of `_KINDS`, or `elementwise`."""
-    if isinstance(node.meta.get(META_KEY), SparsifiableOp):
+    if record_of(node) is not None:
         return GEMM
     if node.op == "call_module" and isinstance(gm.get_submodule(node.target), TopK):
         return "topk"

@@ -37,7 +37,8 @@ def half_squared_norm(output: Any) -> torch.Tensor:
 
 
 def _sites(model: nn.Module) -> dict[str, TopK]:
-    return {name: m for name, m in model.named_modules() if isinstance(m, TopK)}
+    """Every site by every name it has (the eager lowering may give one site two names)."""
+    return {name: m for name, m in model.named_modules(remove_duplicate=False) if isinstance(m, TopK)}
 
 
 def _as_args(batch: Any) -> Sequence[Any]:

@@ -23,12 +23,19 @@ from swat_fx.backends.accel.classify import GEMM, op_kind, pool_window
 from swat_fx.backends.accel.densities import LossFn, site_densities
 from swat_fx.backends.accel.formats import FORMATS
 from swat_fx.backends.accel.rules import RULES, OpContext
-from swat_fx.backends.accel.shapes import Spec, TensorSpec, propagate
 from swat_fx.backends.accel.tensors import TensorRef
+from swat_fx.contract import (
+    WeightProduct,
+    config_of,
+    is_transformed,
+    layer_of_site,
+    record_of,
+    same_mask_key,
+    swat_graph,
+)
 from swat_fx.masks import mask_layout
-from swat_fx.passes import META_KEY, STATE_ROOT, SparsifiableOp
+from swat_fx.shapes import Spec, TensorSpec, propagate
 from swat_fx.topk import TopK
-from swat_fx.transform import config_of
 
 PHASES: tuple[str, ...] = ("fwd", "bwd_input", "bwd_weight", "sparsify", "update")
 """`sparsify` holds every node that exists only because of SWAT (Top-K of W, X or G, and fw_a's
@@ -54,6 +61,16 @@ def _leaves(spec: Spec) -> Iterable[TensorSpec]:
             yield from _leaves(s)
 
 
+def _bias_parameter(node: fx.Node, op: WeightProduct) -> str | None:
+    """The qualified name of a weight product's bias parameter (None: no bias, or one computed in the graph)."""
+    if not op.has_bias:
+        return None
+    if node.op == "call_module":
+        return f"{node.target}.bias"
+    bias = node.args[2] if len(node.args) > 2 else node.kwargs.get("bias")
+    return bias.target if isinstance(bias, fx.Node) and bias.op == "get_attr" else None
+
+
 class _Builder:
     """Lowers one fx graph. `value` maps each tensor node to the TensorRef of its forward value,
     `backward` to the closure that lowers its backward, `grads` to the gradients its consumers send it."""
@@ -69,6 +86,7 @@ class _Builder:
         self.grads: dict[fx.Node, list[TensorRef]] = defaultdict(list)
         self.params: dict[str, TensorRef] = {}
         self.param_grads: dict[str, list[TensorRef]] = defaultdict(list)
+        self.computed_masks: dict[tuple, fx.Node] = {}
 
     # ------------------------------------------------------------------------------ IR nodes
 
@@ -119,12 +137,12 @@ class _Builder:
             return False
 
     def layer(self, node: fx.Node) -> str:
-        op = node.meta.get(META_KEY)
-        if isinstance(op, SparsifiableOp):
+        op = record_of(node)
+        if op is not None:
             return op.name
         if node.op == "call_module":
-            prefix = STATE_ROOT + "."
-            return node.target[len(prefix):].rsplit(".", 1)[0] if node.target.startswith(prefix) else node.target
+            is_site = isinstance(self.gm.get_submodule(node.target), TopK)
+            return layer_of_site(node.target) if is_site else node.target
         return node.name
 
     # ------------------------------------------------------------------------------ forward walk
@@ -178,11 +196,11 @@ class _Builder:
     def _lower_gemm(self, node: fx.Node) -> None:
         """Y = X' * W' (forward), dX = G' * W''ᵀ, dW = X''ᵀ * G' (SPEC §2), with the primed operands
         read from the op's `weight_fwd`, `weight_bwd`, `input_bwd` where SWAT sparsified them."""
-        op: SparsifiableOp = node.meta[META_KEY]
+        op: WeightProduct = record_of(node)
         x_node = node.args[0] if node.args else node.kwargs["input"]
         x = self.value[x_node]
-        weight = self.param(op.weight_param)
-        bias_name = op.bias if isinstance(op.bias, str) else getattr(op.bias, "target", None)
+        weight = self.param(op.weight)
+        bias_name = _bias_parameter(node, op)
         bias = self.param(bias_name) if bias_name else None
 
         def operand(key: str, dense: TensorRef) -> TensorRef:
@@ -221,6 +239,13 @@ class _Builder:
     def _lower_topk(self, node: fx.Node) -> None:
         """A weight or activation site is a forward-time node writing the sparse tensor; a gradient
         site (meProp) is the identity in the forward and a Top-K of G in the backward."""
+        key = same_mask_key(self.gm, node)
+        if key in self.computed_masks:  # the same X_s as a site lowered before: computed once
+            first = self.computed_masks[key]
+            self.value[node], self.requires_grad[node] = self.value[first], self.requires_grad[first]
+            return
+        if key is not None:
+            self.computed_masks[key] = node
         site: TopK = self.gm.get_submodule(node.target)
         source = node.args[0]
         dense = self.value[source]
@@ -407,16 +432,17 @@ def to_accel_ir(
     training step (`"achieved"`), or its mean over training steps on `batches` run on a copy of the
     model (`"measured"`; `loss_fn(output)` defaults to ½‖output‖²).
     """
-    config = config_of(model)
-    if not isinstance(model, fx.GraphModule) or config is None:
+    if not is_transformed(model):
         raise TypeError(
             "to_accel_ir expects a model returned by swat_fx.transform; for the dense baseline of a plain "
             "model use swat_fx.transform(model, algorithm='dense')"
         )
+    graph = swat_graph(model, "swat_fx.to_accel_ir")
+    config = config_of(model)
     inputs = (example_inputs,) if isinstance(example_inputs, torch.Tensor) else tuple(example_inputs)
     site = site_densities(model, densities, batches, loss_fn)
-    specs = propagate(model, inputs)
-    ir = _Builder(model, specs, site).run()
+    specs = propagate(graph, inputs)
+    ir = _Builder(graph, specs, site).run()
     first = next((s for n, s in specs.items() if n.op == "placeholder" and isinstance(s, TensorSpec)), None)
     ir.graph.update(
         algorithm=config.name, sites=",".join(sorted(config.active_sites)), sparsity=config.sparsity,

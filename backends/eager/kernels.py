@@ -2,7 +2,7 @@
 
 A SWAT kernel takes the dense parameter `weight` (whose gradient it returns, dense: SPEC §2) and the
 operand each product uses: `weight_fwd` for Y, `weight_bwd` for dX, `input_bwd` for dW (`None`: the
-dense tensor). An operand is a zero-filled tensor or a `swat_fx.operands` format:
+dense tensor). An operand is a zero-filled tensor or one of `operands`:
 `CompressedTensor`/`ThresholdedParameter` are only stored compactly, `KeptUnits`/`KeptFilters` are
 also computed on compactly (only the kept filters / channels enter the product). Only the backward operands are saved,
 so a dense activation replaced by `input_bwd` is not kept alive by the op.
@@ -16,7 +16,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from swat_fx.operands import (
+from swat_fx.backends.eager.formats import Kernel
+from swat_fx.backends.eager.operands import (
     UNITS,
     Operand,
     flatten_operand,
@@ -265,10 +266,19 @@ def max_pool2d(x: torch.Tensor, kernel_size: Any, stride: Any, padding: Any, dil
     return _IndexMaxPool2d.apply(x, kernel_size, stride, padding, dilation, ceil_mode)
 
 
-def conv(*args: Any, kernel: str = "masked", **kwargs: Any) -> torch.Tensor:
-    """`kernel` names how the operands are stored; all but "dense" run the same autograd kernel."""
-    return (conv_dense if kernel == "dense" else conv_swat)(*args, **kwargs)
+def _swat_kernel(kernel: Kernel) -> bool:
+    """True for the SWAT kernels, False for the plain one; an error for anything a lowering cannot emit."""
+    if kernel is Kernel.DENSE:
+        return False
+    if kernel in (Kernel.MASKED, Kernel.COMPRESSED, Kernel.COMPACT):
+        return True
+    raise ValueError(f"the eager kernel of a lowered op must be dense, masked, compressed or compact, got {kernel!r}")
 
 
-def linear(*args: Any, kernel: str = "masked", **kwargs: Any) -> torch.Tensor:
-    return (linear_dense if kernel == "dense" else linear_swat)(*args, **kwargs)
+def conv(*args: Any, kernel: Kernel, **kwargs: Any) -> torch.Tensor:
+    """`kernel` says how the operands are stored; the SWAT ones all run the same autograd kernel."""
+    return (conv_swat if _swat_kernel(kernel) else conv_dense)(*args, **kwargs)
+
+
+def linear(*args: Any, kernel: Kernel, **kwargs: Any) -> torch.Tensor:
+    return (linear_swat if _swat_kernel(kernel) else linear_dense)(*args, **kwargs)

@@ -32,8 +32,9 @@ from swat_fx.backends.ort.graph import rename_tensor, tensor_infos
 from swat_fx.backends.ort.manifest import write_manifest
 from swat_fx.backends.ort.names import CHECKPOINT, EVAL_MODEL, LOSSES, OPTIMIZER_MODEL, OPTIMIZERS, TRAINING_MODEL
 from swat_fx.backends.ort.passes import locate, sparsify_backward, sparsify_forward
-from swat_fx.backends.ort.plan import SparseOp, sparse_ops, swat_config
+from swat_fx.backends.ort.plan import SparseOp, sparse_ops
 from swat_fx.config import check_choice
+from swat_fx.contract import config_of, swat_graph
 
 LOSS_OUTPUT = "loss"
 
@@ -95,10 +96,11 @@ def _describe(ops: Sequence[SparseOp]) -> list[dict[str, Any]]:
 
 
 def build_training_artifacts(
-    gm: fx.GraphModule, example_inputs: Sequence[torch.Tensor], out_dir: Path, *,
+    transformed: fx.GraphModule, example_inputs: Sequence[torch.Tensor], out_dir: Path, *,
     loss: str, optimizer: str, overwrite: bool, dynamic_batch: bool = True,
 ) -> Path:
     """Write the four ORT training artifacts of a SWAT model to `out_dir` (see the module docstring)."""
+    gm = swat_graph(transformed, "swat_fx.export_ort_training")
     check_choice("loss", loss, LOSSES)
     check_choice("optimizer", optimizer, OPTIMIZERS)
     ops = sparse_ops(gm, training=True)
@@ -130,7 +132,7 @@ def build_training_artifacts(
         for name, model in models.items():
             onnx.save(model, out_dir / name)
         shutil.copyfile(generated / CHECKPOINT, out_dir / CHECKPOINT)
-    config = swat_config(gm)
+    config = config_of(gm)
     write_manifest(out_dir, {
         "algorithm": config.name, "granularity": config.granularity, "loss": loss, "optimizer": optimizer,
         "batch": "dynamic" if dynamic_batch else int(example_inputs[0].shape[0]),
@@ -142,10 +144,11 @@ def build_training_artifacts(
 
 
 def build_inference_model(
-    gm: fx.GraphModule, example_inputs: Sequence[torch.Tensor], path: Path, *, dynamic_batch: bool = True
+    transformed: fx.GraphModule, example_inputs: Sequence[torch.Tensor], path: Path, *, dynamic_batch: bool = True
 ) -> Path:
     """The eval-mode forward of a SWAT model as ONNX at `path`: the forward node of every sparsified op
     reads W_s, the exact Top-K of the current W (as the eager model computes in eval mode)."""
+    gm = swat_graph(transformed, "swat_fx.export_onnx")
     ops = sparse_ops(gm, training=False)
     forward = export_forward(gm, example_inputs, training=False, dynamic_batch=dynamic_batch)
     model = sparsify_forward(forward, locate(forward, ops, tensor_infos(forward)))

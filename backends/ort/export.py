@@ -1,6 +1,6 @@
 """Forward ONNX export of a SWAT graph: its dense forward, in standard ONNX ops.
 
-The SWAT graph cannot be exported as it is: its `TopK` sites use `torch.kthvalue`, which has no ONNX
+The (neutral) SWAT graph cannot be exported as it is: its `TopK` sites use `torch.kthvalue`, which has no ONNX
 lowering, and ORT's gradient builder must not differentiate through a mask anyway (SPEC §2: dW is
 the gradient of the dense W). So a copy of the graph is exported with every `swat_fx.ops` call turned
 back into its plain PyTorch op and every `TopK` site removed; parameters keep their qualified names,
@@ -24,8 +24,7 @@ from onnx import numpy_helper
 
 from swat_fx import ops
 from swat_fx.backends.ort.errors import UnsupportedOpError, unsupported_export
-from swat_fx.passes import META_KEY
-from swat_fx.topk import TopK
+from swat_fx.contract import record_of, site_nodes
 
 OPSET = 17  # ORT 1.19 trains it; ReduceSum/Slice/TopK take their axes and k as inputs from 13 on
 _CONV = {"conv1d": F.conv1d, "conv2d": F.conv2d, "conv3d": F.conv3d}
@@ -47,30 +46,25 @@ def _plain_call(graph: fx.Graph, node: fx.Node) -> fx.Node:
     x, weight, bias = node.args
     if node.target is ops.linear:
         return graph.call_function(F.linear, (x, weight, bias))
-    conv = _CONV[node.meta[META_KEY].kind]
+    conv = _CONV[record_of(node).kind]
     kw = node.kwargs
     return graph.call_function(conv, (x, weight, bias, kw["stride"], kw["padding"], kw["dilation"], kw["groups"]))
 
 
 def dense_forward(gm: fx.GraphModule) -> fx.GraphModule:
-    """A copy of the SWAT graph that computes the dense forward with standard ops only."""
+    """A copy of the neutral SWAT graph `gm` that computes the dense forward with standard ops only."""
     dense = copy.deepcopy(gm)
     graph = dense.graph
-    replacements = {ops.relu: torch.relu}
+    for node in site_nodes(dense):
+        node.replace_all_uses_with(node.args[0])
+        graph.erase_node(node)
     for node in list(graph.nodes):
-        if node.op == "call_module" and isinstance(dense.get_submodule(node.target), TopK):
-            node.replace_all_uses_with(node.args[0])
-            graph.erase_node(node)
-        elif node.op == "call_function" and node.target in ops.SWAT_OPS:
+        if node.op == "call_function" and node.target in ops.SWAT_OPS:
             with graph.inserting_before(node):
                 plain = _plain_call(graph, node)
             plain.meta = node.meta
             node.replace_all_uses_with(plain)
             graph.erase_node(node)
-        elif node.op == "call_function" and node.target in replacements:
-            node.target = replacements[node.target]
-        elif node.op == "call_function" and getattr(node.target, "__module__", "") == ops.__name__:
-            raise NotImplementedError(f"the ONNX export has no lowering of {ops.__name__}.{node.target.__name__}")
     graph.eliminate_dead_code()
     dense.delete_all_unused_submodules()
     dense.recompile()

@@ -1,7 +1,7 @@
 """What the ONNX passes must sparsify: one `SparseOp` per sparsified conv/linear of a SWAT graph.
 
-Read from the transformed `GraphModule` (its `SwatConfig` and the `SparsifiableOp` of every conv/linear
-node), so per-layer sparsities already follow the uniform/ERK budgets and the first/last-layer rules.
+Read from the neutral SWAT graph (its `SwatConfig` and the `WeightProduct` of every conv/linear node),
+so per-layer sparsities already follow the uniform/ERK budgets and the first/last-layer rules.
 Everything the ORT backend cannot lower is rejected here, before any export work.
 """
 
@@ -13,8 +13,7 @@ import torch.fx as fx
 
 from swat_fx.backends.ort.topk_nodes import check_granularity
 from swat_fx.config import SwatConfig
-from swat_fx.passes import META_KEY, SparsifiableOp, sparsifiable_nodes
-from swat_fx.transform import config_of
+from swat_fx.contract import config_of, record_of, weight_product_nodes
 
 SUPPORTED_SITES: frozenset[str] = frozenset({"fw_w", "bw_w", "bw_a", "bw_g"})
 
@@ -39,17 +38,6 @@ class SparseOp:
         return 1.0 - self.sparsity
 
 
-def swat_config(gm: fx.GraphModule) -> SwatConfig:
-    """The `SwatConfig` of a `swat_fx.transform` result; a TypeError for anything else."""
-    config = config_of(gm)
-    if not isinstance(gm, fx.GraphModule) or config is None:
-        raise TypeError(
-            f"expected a model returned by swat_fx.transform, got {type(gm).__name__}; "
-            "transform it first: swat_fx.transform(model, sparsity=...)"
-        )
-    return config
-
-
 def check_supported(config: SwatConfig, training: bool) -> None:
     """Raise a clear error for the options the ORT backend does not lower."""
     unsupported = config.active_sites - SUPPORTED_SITES
@@ -68,18 +56,15 @@ def check_supported(config: SwatConfig, training: bool) -> None:
 
 
 def sparse_ops(gm: fx.GraphModule, training: bool) -> list[SparseOp]:
-    """The sparsified ops of `gm` in graph order (layers with sparsity 0 are dense and left out)."""
-    config = swat_config(gm)
-    check_supported(config, training)
-    nodes = sparsifiable_nodes(gm)
-    weights = [node.meta[META_KEY].weight_param for node in nodes]
-    result = []
-    for i, node in enumerate(nodes):
-        op: SparsifiableOp = node.meta[META_KEY]
-        if op.sparsity > 0.0 and config.active_sites:
-            result.append(SparseOp(
-                name=op.name, layer=op.layer, weight=op.weight_param, call_index=weights[:i].count(op.weight_param),
-                call_count=weights.count(op.weight_param), has_bias=op.bias is not None, sparsity=op.sparsity,
-                sites=config.active_sites, granularity=config.granularity,
-            ))
-    return result
+    """The sparsified ops of the SWAT graph `gm` in graph order (dense layers are left out)."""
+    check_supported(config_of(gm), training)
+    records = [record_of(node) for node in weight_product_nodes(gm)]
+    weights = [op.weight for op in records]
+    return [
+        SparseOp(
+            name=op.name, layer=op.layer, weight=op.weight, call_index=weights[:i].count(op.weight),
+            call_count=weights.count(op.weight), has_bias=op.has_bias, sparsity=op.sparsity,
+            sites=op.sites, granularity=op.granularity,
+        )
+        for i, op in enumerate(records) if op.sparsified
+    ]

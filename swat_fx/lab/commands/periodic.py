@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from swat_fx import cli_options, experiments
+from swat_fx.lab import cli_options, experiments
 
 
 def _summary(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -8,9 +8,10 @@ from typing import Any
 
 import torch
 
-from swat_fx import cli_options, models
+from swat_fx import models
 from swat_fx.backends.ort.names import LOSSES, OPTIMIZERS
 from swat_fx.introspect import layers
+from swat_fx.lab import cli_options
 from swat_fx.transform import transform
 
 FORMATS = ("onnx", "ort")

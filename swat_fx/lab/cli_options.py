@@ -1,6 +1,6 @@
 """Options shared by the `swat-fx` experiment commands: data, model, training, SWAT, outputs.
 
-It lives outside `swat_fx.commands` because every module there is a subcommand.
+It lives outside `swat_fx.lab.commands` because every module there is a subcommand.
 """
 
 from __future__ import annotations
@@ -12,10 +12,11 @@ import sys
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from swat_fx import models, plotting
+from swat_fx import models
 from swat_fx.config import ALGORITHMS, GRANULARITIES, SwatConfig
-from swat_fx.data import DATASETS, Dataset, load_dataset
-from swat_fx.experiments import Settings
+from swat_fx.lab import plotting
+from swat_fx.lab.data import DATASETS, Dataset, load_dataset
+from swat_fx.lab.experiments import Settings
 
 INTERRUPTED = 130  # the shell's exit status after Ctrl-C
 

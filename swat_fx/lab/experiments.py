@@ -1,7 +1,7 @@
 """The paper's experiments on a user's model and data, each writing a CSV and a PNG.
 
 Every experiment is a parameterisation of one runner, `run`: build the model for the data, optionally
-`swat_fx.transform` it, train it with `swat_fx.training.train`. `sweep` (Fig. 4), `sensitivity`
+`swat_fx.transform` it, train it with `swat_fx.lab.training.train`. `sweep` (Fig. 4), `sensitivity`
 (Fig. 2a/b) and `granularity` (Fig. 3) train a grid of configurations against one dense baseline and
 record the final accuracies (`accuracy_grid`); `periodic` (Fig. 10) records the monitor's per-step
 densities; `train` logs one or two runs per epoch; `angle` is the Fig. 9 study of `swat_fx.analysis`.
@@ -29,13 +29,15 @@ import torch
 import torch.nn as nn
 from tqdm import tqdm
 
-from swat_fx import models, plotting
+from swat_fx import models
 from swat_fx.analysis import AngleStudy, angle_study
 from swat_fx.config import GRANULARITIES, SITES, SwatConfig
-from swat_fx.data import Dataset
+from swat_fx.lab import plotting
+from swat_fx.lab.csv_log import CsvLog
+from swat_fx.lab.data import Dataset
+from swat_fx.lab.training import EpochCallback, EpochLog, TrainResult, achieved_sparsity
+from swat_fx.lab.training import train as train_loop
 from swat_fx.monitor import monitor
-from swat_fx.training import CsvLog, EpochCallback, EpochLog, TrainResult, achieved_sparsity
-from swat_fx.training import train as train_loop
 from swat_fx.transform import transform
 
 PathLike = str | os.PathLike[str]

@@ -11,8 +11,8 @@ from typing import Any
 
 import torch
 
-from swat_fx import cli_options, experiments
 from swat_fx.introspect import format_layers, layers
+from swat_fx.lab import cli_options, experiments
 
 
 @cli_options.interruptible

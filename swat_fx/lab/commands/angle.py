@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from swat_fx import cli_options, experiments
 from swat_fx.analysis import angle_study
+from swat_fx.lab import cli_options, experiments
 
 
 @cli_options.interruptible

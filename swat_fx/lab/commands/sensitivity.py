@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from swat_fx import cli_options, experiments
 from swat_fx.config import SITES
+from swat_fx.lab import cli_options, experiments
 
 
 def register(commands: Any) -> None:

@@ -1,8 +1,10 @@
-"""Shape propagation for the IR: the shape and element size of every tensor of one forward pass.
+"""Shape propagation: the shape and element size of every tensor of one forward pass of a graph.
 
-Runs the model once in eval mode under `torch.no_grad()` (no Top-K threshold, step counter or BN
-statistic changes), like `torch.fx.passes.shape_prop.ShapeProp`, but a failure names the node and the
-shapes it was given, so a wrong or missing example input is easy to find.
+Runs the graph once in eval mode under `torch.no_grad()` (no Top-K threshold, step counter or BN
+statistic changes; every module's mode is restored after), like `torch.fx.passes.shape_prop.ShapeProp`,
+but the shapes are returned instead of written into the graph, and a failure names the node and the
+shapes it was given, so a wrong or missing example input is easy to find. `layers()` and the accel
+backend both use it.
 """
 
 from __future__ import annotations
@@ -93,7 +95,7 @@ def _check_arity(gm: fx.GraphModule, example_inputs: Sequence[torch.Tensor]) -> 
 def propagate(gm: fx.GraphModule, example_inputs: Sequence[torch.Tensor]) -> dict[fx.Node, Spec]:
     """The spec of every node's value for `example_inputs` (None for non-tensor values)."""
     _check_arity(gm, example_inputs)
-    was_training = gm.training
+    modes = {module: module.training for module in gm.modules()}
     interpreter = _Propagate(gm)
     try:
         with torch.no_grad():
@@ -102,5 +104,6 @@ def propagate(gm: fx.GraphModule, example_inputs: Sequence[torch.Tensor]) -> dic
     except ShapePropagationError as error:  # without the "While executing ..." that fx appends to it
         raise ShapePropagationError(error.message) from error.__cause__
     finally:
-        gm.train(was_training)
+        for module, training in modes.items():
+            module.training = training
     return interpreter.specs

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from swat_fx import experiments, plotting
+from swat_fx.lab import experiments, plotting
 
 
 def run(args: argparse.Namespace) -> int:

@@ -1,4 +1,4 @@
-"""The `swat-fx` command line: one subcommand per module of `swat_fx.commands`."""
+"""The `swat-fx` command line: one subcommand per module of `swat_fx.lab.commands`."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pkgutil
 import sys
 from collections.abc import Sequence
 
-from swat_fx import commands
+from swat_fx.lab import commands
 
 
 def build_parser() -> argparse.ArgumentParser:

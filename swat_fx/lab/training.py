@@ -7,20 +7,16 @@ the loop. A Ctrl-C (KeyboardInterrupt) closes the progress bar and propagates: w
 
 from __future__ import annotations
 
-import csv
-import os
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
-from types import TracebackType
-from typing import Any
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from swat_fx.data import Dataset
-from swat_fx.topk import TopK
+from swat_fx.contract import sites
+from swat_fx.lab.data import Dataset
 
 
 @dataclass
@@ -46,44 +42,9 @@ class EpochLog:
 EpochCallback = Callable[[EpochLog], None]
 
 
-class CsvLog:
-    """A CSV file written row by row and flushed, so an interrupted run keeps every finished row."""
-
-    def __init__(self, path: str | os.PathLike[str], columns: Sequence[str]) -> None:
-        self.path = path
-        self.columns = list(columns)
-        self.rows = 0
-        self._file = open(path, "w", newline="")  # noqa: SIM115 - closed by close() / the context manager
-        self._writer = csv.DictWriter(self._file, fieldnames=self.columns)
-        self._writer.writeheader()
-        self._file.flush()
-
-    def write(self, row: Mapping[str, Any]) -> None:
-        self._writer.writerow({key: _cell(value) for key, value in row.items()})
-        self._file.flush()
-        self.rows += 1
-
-    def __call__(self, log: EpochLog) -> None:
-        self.write(asdict(log))
-
-    def close(self) -> None:
-        self._file.close()
-
-    def __enter__(self) -> CsvLog:
-        return self
-
-    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, tb: TracebackType | None) -> None:
-        self.close()
-
-
-def _cell(value: Any) -> Any:
-    """Floats with enough digits to compare, without float noise (0.30000000000000004)."""
-    return f"{value:.6g}" if isinstance(value, float) else value
-
-
 def achieved_sparsity(model: nn.Module) -> float:
     """Mean sparsity achieved at the last training step over the model's SWAT sites (0 for a dense model)."""
-    densities = [float(m.density) for m in model.modules() if isinstance(m, TopK)]
+    densities = [float(site.density) for _, site in sites(model)]
     return 1.0 - sum(densities) / len(densities) if densities else 0.0
 
 

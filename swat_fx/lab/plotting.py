@@ -17,8 +17,8 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
+from swat_fx.lab.training import EpochLog
 from swat_fx.monitor import COLUMNS as MONITOR_COLUMNS
-from swat_fx.training import EpochLog
 
 FORMATS: tuple[str, ...] = (".png", ".pdf", ".svg")
 _GRID = ("sparsity", "accuracy", "delta", "achieved_sparsity", "seconds")

@@ -1,0 +1,67 @@
+"""Eager lowering pass: the kernel of each SWAT op, and the format its Top-K sites hand over.
+
+Every `swat_fx.ops` call becomes a call of the eager kernel with its `Kernel` (see `formats.Kernel`),
+and the `TopK` nodes feeding its backward operands get the matching `Format`. The user's choice
+applies model-wide; where it cannot (`COMPACT` needs groups=1), the op gets `MASKED`, with a warning
+and the reason kept in `node.meta[LOWERING_META]` (`swat_fx.layers` reports it).
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import torch.fx as fx
+
+from swat_fx import ops
+from swat_fx.backends.eager import kernels
+from swat_fx.backends.eager.conditions import KERNELS_CHOSEN
+from swat_fx.backends.eager.formats import Kernel
+from swat_fx.contract import LOWERING_META, Lowering, WeightProduct, record_of
+from swat_fx.passes import SwatPass
+from swat_fx.passes.conditions import BACKEND_NEUTRAL, SITES_INSERTED
+
+_EAGER_OPS = {ops.conv: kernels.conv, ops.linear: kernels.linear}
+
+
+def choose_kernel(node: fx.Node, op: WeightProduct, requested: Kernel) -> Lowering:
+    """The kernel for one op, and why it differs from `requested` where it does."""
+    if all(node.kwargs.get(key) is None for key in ops.SPARSE_OPERANDS):
+        return Lowering(Kernel.DENSE.value)
+    kernel = requested
+    if kernel is Kernel.AUTO:
+        kernel = Kernel.COMPACT if op.granularity == "filter" else Kernel.MASKED
+    if kernel is Kernel.COMPACT and node.kwargs.get("groups", 1) != 1:
+        groups = node.kwargs["groups"]
+        return Lowering(Kernel.MASKED.value, f"compact kernels need groups=1, this conv has groups={groups}")
+    return Lowering(kernel.value)
+
+
+class ChooseKernels(SwatPass):
+    """Lower every SWAT op to an eager kernel; `kernel` is the user's model-wide choice."""
+
+    requires = (SITES_INSERTED, BACKEND_NEUTRAL)
+    ensures = (KERNELS_CHOSEN,)
+
+    def __init__(self, kernel: Kernel) -> None:
+        self.kernel = kernel
+
+    def call(self, gm: fx.GraphModule) -> fx.GraphModule:
+        for node in gm.graph.nodes:
+            if node.op != "call_function" or node.target not in _EAGER_OPS:
+                continue
+            op = record_of(node)
+            lowering = choose_kernel(node, op, self.kernel)
+            if lowering.reason is not None and self.kernel is not Kernel.AUTO:
+                warnings.warn(f"swat_fx: layer {op.name!r} runs the masked kernel instead of "
+                              f"kernel={self.kernel.value!r}: {lowering.reason}", stacklevel=2)
+            kernel = Kernel(lowering.choice)
+            node.target = _EAGER_OPS[node.target]
+            node.update_kwarg("kernel", kernel)
+            node.meta[LOWERING_META] = lowering
+            weight_format, input_format = kernel.formats
+            for key, format in (("weight_fwd", weight_format), ("weight_bwd", weight_format),
+                                ("input_bwd", input_format)):
+                site = node.kwargs.get(key)
+                if site is not None and format is not None:
+                    site.update_kwarg("format", format)
+        return gm

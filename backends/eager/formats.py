@@ -1,0 +1,77 @@
+"""The eager backend's choices, as kinds: how a layer's products run (`Kernel`) and how a Top-K site
+hands its output to them (`Format`, a `swat_fx.topk.StorageFormat`)."""
+
+from __future__ import annotations
+
+import enum
+from typing import Any
+
+import torch
+
+from swat_fx.backends.eager.operands import CompressedTensor, KeptFilters, KeptUnits, ThresholdedParameter
+from swat_fx.masks import MaskLayout
+
+
+class Kernel(enum.Enum):
+    """How the eager backend runs one SWAT op; users pick one of the first four for the whole model.
+
+    | kernel       | operands                                                    | `AUTO` picks it for          |
+    |--------------|-------------------------------------------------------------|------------------------------|
+    | `DENSE`      | none sparse (meProp's G_s, fw_a's X_s act around the op)    | those ops                    |
+    | `COMPACT`    | kept filters/channels only, computed on compactly           | `granularity="filter"`, groups=1 |
+    | `MASKED`     | X_s zero-filled, W_s as W + threshold                       | every other op               |
+    | `COMPRESSED` | X_s as kept values + bitmap, W_s as W + threshold (less memory, some time) | never         |
+    """
+
+    AUTO = "auto"
+    MASKED = "masked"
+    COMPRESSED = "compressed"
+    COMPACT = "compact"
+    DENSE = "dense"
+
+    @classmethod
+    def parse(cls, value: str | Kernel) -> Kernel:
+        """A user's `kernel=` choice; a ValueError listing the valid ones for anything else."""
+        choices = (cls.AUTO, cls.MASKED, cls.COMPRESSED, cls.COMPACT)
+        if isinstance(value, cls) and value in choices:
+            return value
+        for choice in choices:
+            if value == choice.value:
+                return choice
+        raise ValueError(f"unknown kernel {value!r}; valid values are: {', '.join(repr(c.value) for c in choices)}")
+
+    @property
+    def formats(self) -> tuple[Format | None, Format | None]:
+        """(format of W_s, format of X_s) its products take; None: the zero-filled tensor."""
+        return _FORMATS[self]
+
+
+class Format(enum.Enum):
+    """A storage format of a sparsified operand (SPEC §5, eager lowering)."""
+
+    THRESHOLDED = "thresholded"
+    """W_s as the parameter and its threshold: nothing beyond W is held for the backward."""
+    COMPRESSED = "compressed"
+    """X_s as kept values and a 1-bit mask."""
+    FILTERS = "filters"
+    """A structured W_s as the indices of its kept filters."""
+    CHANNELS = "channels"
+    """A structured X_s as its kept channels (features) and their indices."""
+
+    def encode(self, t: torch.Tensor, keep: torch.Tensor, threshold: torch.Tensor, layout: MaskLayout,
+               unit_dim: int) -> Any:
+        if self is Format.THRESHOLDED:
+            return ThresholdedParameter(t, threshold.detach().clone(), layout)
+        if self is Format.COMPRESSED:
+            return CompressedTensor.compress(t, keep)
+        if self is Format.FILTERS:
+            return KeptFilters.select(t, keep)
+        return KeptUnits.select(t, keep, unit_dim)
+
+
+_FORMATS: dict[Kernel, tuple[Format | None, Format | None]] = {
+    Kernel.DENSE: (None, None),
+    Kernel.MASKED: (Format.THRESHOLDED, None),
+    Kernel.COMPRESSED: (Format.THRESHOLDED, Format.COMPRESSED),
+    Kernel.COMPACT: (Format.FILTERS, Format.CHANNELS),
+}

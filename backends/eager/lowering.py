@@ -1,0 +1,34 @@
+"""The eager lowering: a SWAT graph becomes a PyTorch module with SWAT autograd kernels.
+
+It owns every eager storage choice: the kernel of each op and the formats its sites hand over
+(`ChooseKernels`), one X_s for ops that share an input (`ShareSparsifiedInputs`), and bit-mask ReLUs
+and index-only max-pools in front of compressed activations (`StoreActivationsCompactly`). The neutral
+graph the module was lowered from stays in `meta[SWAT_GRAPH_META]`, and every module it names stays
+reachable, so the other backends read the same SWAT graph whatever was chosen here.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch.fx as fx
+
+from swat_fx.backends.eager.choose_kernels import ChooseKernels
+from swat_fx.backends.eager.formats import Kernel
+from swat_fx.backends.eager.share_sparsified_inputs import ShareSparsifiedInputs
+from swat_fx.backends.eager.store_activations_compactly import StoreActivationsCompactly
+from swat_fx.contract import SWAT_GRAPH_META, record_of, weight_product_nodes
+from swat_fx.passes import PassManager
+
+
+def lower(swat_gm: fx.GraphModule, kernel: str | Kernel = Kernel.AUTO) -> fx.GraphModule:
+    """Lower the SWAT graph `swat_gm` in place for eager PyTorch; `kernel` is the storage choice
+    (`"auto"`, `"masked"`, `"compressed"` or `"compact"`, or a `Kernel`)."""
+    kernel = Kernel.parse(kernel)
+    granularities = {record_of(node).granularity for node in weight_product_nodes(swat_gm)}
+    if kernel is Kernel.COMPACT and granularities - {"filter"}:
+        raise ValueError("kernel='compact' computes on whole kept filters and channels: it needs "
+                         f"granularity='filter', got {', '.join(sorted(map(repr, granularities)))}")
+    swat_gm.meta[SWAT_GRAPH_META] = copy.deepcopy(swat_gm.graph)
+    manager = PassManager([ChooseKernels(kernel), ShareSparsifiedInputs(), StoreActivationsCompactly()])
+    return manager(swat_gm)

@@ -1,0 +1,197 @@
+"""The contract between the passes and the backends: what a SWAT graph is, and how to read one.
+
+The neutral passes (`swat_fx.passes`) write it; every backend, `layers()`, the monitor and the state
+helpers read it through the names defined here and nowhere else:
+
+- `WeightProduct`: the immutable record of one weight product (conv/linear with a parameter weight),
+  kept in `node.meta[OP_META]` of its node; a pass that changes it stores a new record.
+- State naming: a layer's Top-K sites are modules `swat.<layer>.<w|x|g>_topk` (`site_target`), so
+  their state is in `state_dict()` under the same names.
+- The transformed model: an `fx.GraphModule` with its `SwatConfig` in `meta[CONFIG_META]` and its
+  backend-neutral SWAT graph in `meta[SWAT_GRAPH_META]` (`swat_graph` rebuilds it as a module that
+  shares the model's parameters, buffers and sites).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import enum
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import torch.fx as fx
+import torch.nn as nn
+
+from swat_fx.config import SwatConfig
+from swat_fx.topk import TopK
+
+OP_META = "swat"
+"""`node.meta` key of the `WeightProduct` record of a weight-product node."""
+CONFIG_META = "swat_config"
+"""`GraphModule.meta` key of the `SwatConfig` a model was transformed with."""
+SWAT_GRAPH_META = "swat_graph"
+"""`GraphModule.meta` key of the backend-neutral SWAT graph (an `fx.Graph`) a model was lowered from."""
+LOWERING_META = "swat_lowering"
+"""`node.meta` key where a backend's lowering notes what it chose for an op (`Lowering`)."""
+STATE_ROOT = "swat"
+"""The submodule that holds every Top-K site, mirroring the layers' qualified names."""
+
+
+class Slot(enum.Enum):
+    """Which operand of a weight product a Top-K site sparsifies; its value is the site's name prefix."""
+
+    WEIGHT = "w"
+    INPUT = "x"
+    GRAD = "g"
+
+    @property
+    def role(self) -> str:
+        """The `TopK.role` of a site in this slot."""
+        return {"w": "weight", "x": "input", "g": "grad"}[self.value]
+
+
+@dataclass(frozen=True)
+class ConvArgs:
+    """stride/padding/dilation/groups of a convolution (padding may be a string: "same", "valid")."""
+
+    stride: tuple[int, ...]
+    padding: tuple[int, ...] | str
+    dilation: tuple[int, ...]
+    groups: int
+
+    def as_kwargs(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class WeightProduct:
+    """One call site of a conv or linear whose weight is a parameter, and the SWAT plan for it.
+
+    `name` is the layer's qualified name (`name@1`, `name@2`... for further call sites of one weight);
+    `weight` the parameter's qualified name and `weight_shape` its shape as the op uses it
+    ([out, in] for a linear, even when the parameter is stored [in, out]: `transpose_weight`).
+    `sparsity` (None until budgeted), `sites`, `granularity` and `period` are set by `assign_budgets`;
+    a product with sparsity 0 or no site stays dense.
+    """
+
+    name: str
+    kind: str
+    weight: str
+    weight_shape: tuple[int, ...]
+    has_bias: bool = False
+    transpose_weight: bool = False
+    pad_mode: tuple[str, tuple[int, ...]] | None = None
+    conv: ConvArgs | None = None
+    sparsity: float | None = None
+    sites: frozenset[str] = frozenset()
+    granularity: str = "nchw"
+    period: int = 1
+
+    @property
+    def layer(self) -> str:
+        """"conv" or "linear": the layer family whose mask layout applies."""
+        return "linear" if self.kind == "linear" else "conv"
+
+    @property
+    def sparsified(self) -> bool:
+        return bool(self.sites) and bool(self.sparsity)
+
+    def replace(self, **changes: Any) -> WeightProduct:
+        return dataclasses.replace(self, **changes)
+
+
+@dataclass(frozen=True)
+class Lowering:
+    """What a backend's lowering chose for one op, and why when it is not what the user asked for."""
+
+    choice: str
+    reason: str | None = None
+
+
+def record_of(node: fx.Node) -> WeightProduct | None:
+    record = node.meta.get(OP_META)
+    return record if isinstance(record, WeightProduct) else None
+
+
+def weight_product_nodes(gm: fx.GraphModule) -> list[fx.Node]:
+    """The nodes that carry a `WeightProduct`, in topological order."""
+    return [node for node in gm.graph.nodes if record_of(node) is not None]
+
+
+def site_target(layer: str, slot: Slot) -> str:
+    """The qualified name of the Top-K site of `layer` in `slot`: `swat.<layer>.<w|x|g>_topk`."""
+    return f"{STATE_ROOT}.{layer}.{slot.value}_topk"
+
+
+def layer_of_site(target: str) -> str:
+    """The layer name of a site's qualified name (the inverse of `site_target`)."""
+    return target.removeprefix(STATE_ROOT + ".").rsplit(".", 1)[0]
+
+
+def is_state_key(key: str) -> bool:
+    """A `state_dict()` key that belongs to SWAT (not to the original model)."""
+    return key.startswith(STATE_ROOT + ".")
+
+
+def site_nodes(gm: fx.GraphModule) -> list[fx.Node]:
+    """The `call_module` nodes of Top-K sites, in topological order."""
+    return [node for node in gm.graph.nodes
+            if node.op == "call_module" and isinstance(gm.get_submodule(node.target), TopK)]
+
+
+def same_mask_key(gm: fx.GraphModule, node: fx.Node) -> tuple | None:
+    """For a backward-only input site, what decides its X_s: two sites with the same key compute the
+    same X_s (a ResNet block's first conv and its downsample), so a backend may compute it once.
+    None for any other node."""
+    if node.op != "call_module":
+        return None
+    site = gm.get_submodule(node.target)
+    if not isinstance(site, TopK) or site.role != "input" or site.differentiable:
+        return None
+    return (node.args[0], site.sparsity, site.granularity, site.layer, site.period)
+
+
+def sites(model: nn.Module) -> Iterator[tuple[str, TopK]]:
+    """(layer name, site) for every Top-K site of a transformed model, once each, in module order."""
+    for name, module in model.named_modules():
+        if isinstance(module, TopK):
+            yield layer_of_site(name), module
+
+
+def config_of(model: nn.Module) -> SwatConfig | None:
+    """The `SwatConfig` a model was transformed with, or None for any other module.
+
+    It lives in `GraphModule.meta`, which survives `copy.deepcopy` (plain attributes do not).
+    """
+    meta = getattr(model, "meta", None)
+    config = meta.get(CONFIG_META) if isinstance(meta, dict) else None
+    return config if isinstance(config, SwatConfig) else None
+
+
+def is_transformed(model: nn.Module) -> bool:
+    """Whether `model` is the result of `swat_fx.transform`."""
+    return isinstance(model, fx.GraphModule) and config_of(model) is not None
+
+
+def require_transformed(model: nn.Module, caller: str) -> SwatConfig:
+    """The model's `SwatConfig`; a TypeError naming `caller` for a model `transform` did not return."""
+    config = config_of(model)
+    if not isinstance(model, fx.GraphModule) or config is None or SWAT_GRAPH_META not in model.meta:
+        raise TypeError(
+            f"{caller} expects a model returned by swat_fx.transform, got {type(model).__name__}; "
+            "transform it first: swat_fx.transform(model, sparsity=...)"
+        )
+    return config
+
+
+def swat_graph(model: fx.GraphModule, caller: str = "swat_fx.swat_graph") -> fx.GraphModule:
+    """The backend-neutral SWAT graph of a transformed model, as a module that shares the model's
+    parameters, buffers and Top-K sites (no backend's storage formats or kernels in it)."""
+    require_transformed(model, caller)
+    graph = copy.deepcopy(model.meta[SWAT_GRAPH_META])
+    view = fx.GraphModule(model, graph, f"{type(model).__name__}SwatGraph")
+    view.training = model.training
+    view.meta = {CONFIG_META: model.meta[CONFIG_META], SWAT_GRAPH_META: model.meta[SWAT_GRAPH_META]}
+    return view
