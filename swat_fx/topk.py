@@ -6,6 +6,7 @@ and its state (step counter, stored threshold, achieved density) is in `state_di
 
 from __future__ import annotations
 
+import enum
 import functools
 from typing import Any, Protocol
 
@@ -27,7 +28,8 @@ class StorageFormat(Protocol):
     """How a backend wants a site's output: `encode` builds it from the tensor and the site's mask.
 
     The neutral graph has none (the site returns the zero-filled tensor); a backend's lowering sets
-    one as the site's `format` keyword (the eager backend's formats are an enum of these).
+    one as the site's `format` keyword: a member of an `enum.Enum` of the backend's formats, so the
+    generated code names it (`format = Format.COMPRESSED`).
     """
 
     def encode(self, t: torch.Tensor, keep: torch.Tensor, threshold: torch.Tensor, layout: MaskLayout,
@@ -81,8 +83,9 @@ class TopK(nn.Module):
     def forward(self, t: torch.Tensor, format: StorageFormat | None = None) -> Any:
         """The sparsified tensor: zero-filled, or as `format.encode` builds it (a backend's storage
         format, chosen by its lowering)."""
-        if format is not None and not callable(getattr(format, "encode", None)):
-            raise TypeError(f"TopK format must be a StorageFormat (with an `encode` method) or None, got {format!r}")
+        if format is not None and not (isinstance(format, enum.Enum) and callable(getattr(format, "encode", None))):
+            raise TypeError(f"TopK format must be a StorageFormat (an enum member with `encode`) or None, "
+                            f"got {format!r}")
         refresh = self._next_step() if self.training else None
         if self.role == "grad":
             if t.requires_grad:  # a hook, not a Function: an in-place op (ReLU) may follow

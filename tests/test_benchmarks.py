@@ -7,9 +7,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow
 def test_train_step_benchmark_quick_prints_every_row(tmp_path: Path) -> None:
     out = tmp_path / "rows.json"
     result = subprocess.run(

@@ -80,3 +80,11 @@ def test_ctrl_c_keeps_the_csv_written_so_far(tmp_path: Path, monkeypatch: pytest
     with open(out, newline="") as file:
         rows = list(csv.DictReader(file))
     assert [(r["run"], r["epoch"]) for r in rows] == [("dense", "1"), ("dense", "2")]
+
+
+@pytest.mark.parametrize("bug", [lambda *a, **k: {}["missing"], lambda *a, **k: None.attribute,
+                                 lambda *a, **k: int("a ValueError outside swat_fx")])
+def test_a_bug_shows_its_traceback(monkeypatch: pytest.MonkeyPatch, bug) -> None:
+    monkeypatch.setattr(experiments, "train", bug)
+    with pytest.raises((KeyError, AttributeError, ValueError)):
+        main(["train", *TINY])

@@ -15,6 +15,7 @@ SMALL_INPUTS = {"resnet18": 64, "resnet34": 64, "resnet50": 64, "vgg16_bn": 64, 
                 "wide_resnet50_2": 64}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(models.MODELS))
 @pytest.mark.parametrize("algorithm", ["swat", "meprop"])
 def test_every_model_transforms_and_trains(name: str, algorithm: str) -> None:
@@ -37,6 +38,7 @@ def test_every_model_transforms_and_trains(name: str, algorithm: str) -> None:
         assert transformed(x).shape == out.shape
 
 
+@pytest.mark.slow
 def test_swat_70_on_digits_is_within_3_points_of_dense() -> None:
     data = load_digits(seed=0)
     accuracy = {}

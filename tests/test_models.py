@@ -32,6 +32,7 @@ TORCHVISION_PARAMS = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("name", "expected"), sorted(TORCHVISION_PARAMS.items()))
 def test_imagenet_parameter_counts_match_torchvision(name: str, expected: int) -> None:
     assert _num_params(_build(name)) == expected

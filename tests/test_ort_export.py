@@ -84,6 +84,7 @@ def test_cli_exports_both_formats(tmp_path: Path, capsys: pytest.CaptureFixture[
     assert "--overwrite" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_import_swat_fx_and_its_cli_never_import_onnx() -> None:
     code = ("import sys, swat_fx, swat_fx.lab.cli; swat_fx.lab.cli.build_parser(); "
             "loaded = [m for m in sys.modules if m.split('.')[0] in ('onnx', 'onnxruntime')]; "

@@ -53,7 +53,7 @@ class ChooseKernels(SwatPass):
             lowering = choose_kernel(node, op, self.kernel)
             if lowering.reason is not None and self.kernel is not Kernel.AUTO:
                 warnings.warn(f"swat_fx: layer {op.name!r} runs the masked kernel instead of "
-                              f"kernel={self.kernel.value!r}: {lowering.reason}", stacklevel=2)
+                              f"kernel={self.kernel.value!r}: {lowering.reason}", stacklevel=6)
             kernel = Kernel(lowering.choice)
             node.target = _EAGER_OPS[node.target]
             node.update_kwarg("kernel", kernel)

@@ -91,7 +91,7 @@ def _shapes(gm: fx.GraphModule, names: Sequence[str]) -> dict[str, list[int]]:
     return {name: list(state[name].shape) for name in names}
 
 
-def _describe(ops: Sequence[SparseOp]) -> list[dict[str, Any]]:
+def _layer_entries(ops: Sequence[SparseOp]) -> list[dict[str, Any]]:
     return [{"name": op.name, "weight": op.weight, "sparsity": op.sparsity, "sites": sorted(op.sites)} for op in ops]
 
 
@@ -138,7 +138,7 @@ def build_training_artifacts(
         "batch": "dynamic" if dynamic_batch else int(example_inputs[0].shape[0]),
         "inputs": io_names("input", len(example_inputs)), "outputs": [LOSS_OUTPUT, *outputs],
         "running_stats": running_stats, "parameters": _shapes(gm, [*params, *running_stats.values()]),
-        "layers": _describe(ops),
+        "layers": _layer_entries(ops),
     })
     return out_dir
 

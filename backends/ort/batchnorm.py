@@ -20,7 +20,7 @@ import numpy as np
 import onnx
 
 from swat_fx.backends.ort.builder import NodeBuilder
-from swat_fx.backends.ort.graph import sort_topologically
+from swat_fx.backends.ort.graph import attribute, sort_topologically
 
 UPDATED_SUFFIX = ".updated"
 
@@ -45,10 +45,6 @@ def expose_running_stats(forward: onnx.ModelProto) -> dict[str, str]:
     return updates
 
 
-def _attribute(node: onnx.NodeProto, name: str, default: float) -> float:
-    return next((a.f for a in node.attribute if a.name == name), default)
-
-
 def _const_like(b: NodeBuilder, value: float, like: str) -> str:
     return b.one("CastLike", b.const(value, np.float32), like)
 
@@ -56,7 +52,7 @@ def _const_like(b: NodeBuilder, value: float, like: str) -> str:
 def _variance_correction(b: NodeBuilder, node: onnx.NodeProto, like: str) -> str:
     """(1 - m)·v/(n - 1) for a BatchNormInternal node, v from its saved inverse standard deviation."""
     x, inv_std = node.input[0], node.output[4]
-    momentum, eps = _attribute(node, "momentum", 0.9), _attribute(node, "epsilon", 1e-5)
+    momentum, eps = attribute(node, "momentum", 0.9), attribute(node, "epsilon", 1e-5)
     variance = b.one("Sub", b.one("Reciprocal", b.one("Mul", inv_std, inv_std)), _const_like(b, eps, like))
     count = b.one("Div", b.one("Size", x), b.one("Gather", b.one("Shape", x), b.const(1), axis=0))
     denominator = b.one("Sub", b.one("CastLike", count, like), _const_like(b, 1.0, like))

@@ -39,7 +39,7 @@ def _normalise(name: str) -> str:
     return name.split("::")[-1].replace("_", "").lower()
 
 
-def _describe(node: fx.Node) -> str:
+def _describe_fx_node(node: fx.Node) -> str:
     stack = node.meta.get("nn_module_stack") or {}
     owner = node.target if node.op == "call_module" else next(reversed(stack), None)
     return f"FX node {node.name!r} (layer {owner!r})" if owner else f"FX node {node.name!r} (in the model's forward)"
@@ -58,7 +58,7 @@ def fx_nodes_calling(gm: fx.GraphModule, op: str, occurrence: int | None = None,
         nodes = nodes[occurrence:occurrence + 1]
     if not nodes:
         return "an op inside a leaf module or a library function (no FX node calls it directly)"
-    return ", ".join(_describe(node) for node in nodes)
+    return ", ".join(_describe_fx_node(node) for node in nodes)
 
 
 _EXPORT_OPERATOR = re.compile(r"operator '([\w:.]+)'|ONNX export of operator ([\w:.]+)")

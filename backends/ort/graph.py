@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 import networkx as nx
 import numpy as np
@@ -53,6 +54,11 @@ class GraphView:
                 if source is not None:
                     g.add_edge(index[id(source)], i)
         return g
+
+
+def attribute(node: onnx.NodeProto, name: str, default: Any) -> Any:
+    """The value of one attribute of an ONNX node, or `default` where the node does not set it."""
+    return next((helper.get_attribute_value(a) for a in node.attribute if a.name == name), default)
 
 
 def sort_topologically(graph: onnx.GraphProto) -> None:

@@ -29,7 +29,7 @@ import onnx
 
 from swat_fx.backends.ort.builder import NodeBuilder
 from swat_fx.backends.ort.errors import UnsupportedOpError
-from swat_fx.backends.ort.graph import GraphView, TensorInfo, replace_inputs, sort_topologically
+from swat_fx.backends.ort.graph import GraphView, TensorInfo, attribute, replace_inputs, sort_topologically
 from swat_fx.backends.ort.plan import SparseOp
 from swat_fx.backends.ort.topk_nodes import sparsify
 
@@ -57,10 +57,6 @@ class OpNodes:
     @property
     def core(self) -> str:
         return self.nodes[0]
-
-
-def _attribute(node: onnx.NodeProto, name: str, default: int) -> int:
-    return next((onnx.helper.get_attribute_value(a) for a in node.attribute if a.name == name), default)
 
 
 def is_gradient_node(node: onnx.NodeProto) -> bool:
@@ -126,9 +122,9 @@ def locate(model: onnx.ModelProto, ops: Sequence[SparseOp], infos: dict[str, Ten
                 f"the ONNX graph, found {len(cores)} ({kinds}); the ORT backend cannot place its Top-K"
             )
         core, operand, flips = cores[op.call_index]
-        if core.op_type == "Gemm" and _attribute(core, "transA", 0):
+        if core.op_type == "Gemm" and attribute(core, "transA", 0):
             raise UnsupportedOpError(f"layer {op.name!r}: Gemm node {core.name!r} transposes its input")
-        transposed = core.op_type == "MatMul" or (core.op_type == "Gemm" and not _attribute(core, "transB", 0))
+        transposed = core.op_type == "MatMul" or (core.op_type == "Gemm" and not attribute(core, "transB", 0))
         nodes = _output(view, op, core)
         y = view.node(nodes[-1]).output[0]
         located.append(OpNodes(

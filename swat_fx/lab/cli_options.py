@@ -73,7 +73,7 @@ def settings(args: argparse.Namespace) -> Settings:
                     seed=args.seed, progress=not args.quiet)
 
 
-def swat_config(args: argparse.Namespace) -> SwatConfig:
+def config_from_args(args: argparse.Namespace) -> SwatConfig:
     """The SWAT configuration of `add_swat_options` (validated: a bad value fails before training)."""
     return SwatConfig(sparsity=args.sparsity, algorithm=args.algorithm, granularity=args.granularity,
                       period=getattr(args, "period", 1), sparsify_last=not args.dense_last)

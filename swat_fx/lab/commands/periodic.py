@@ -20,7 +20,7 @@ def _summary(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 @cli_options.interruptible
 def run(args: argparse.Namespace) -> int:
-    base = cli_options.swat_config(args)
+    base = cli_options.config_from_args(args)
     rows = experiments.periodic(cli_options.dataset(args), cli_options.settings(args), periods=args.periods,
                                 sparsity=args.sparsity, base=base, every=args.every, csv=args.csv, png=args.plot)
     print("achieved sparsity over the training steps:")

@@ -17,7 +17,7 @@ from swat_fx.lab import cli_options, experiments
 
 @cli_options.interruptible
 def run(args: argparse.Namespace) -> int:
-    config = cli_options.swat_config(args)
+    config = cli_options.config_from_args(args)
     settings = cli_options.settings(args)
     data = cli_options.dataset(args)
     print(f"{data.name}: {len(data.y_train)} train / {len(data.y_test)} test images, model {args.model}, "
