@@ -135,29 +135,41 @@ def is_state_key(key: str) -> bool:
     return key.startswith(STATE_ROOT + ".")
 
 
+def site_of(gm: fx.GraphModule, node: Any) -> TopK | None:
+    """The Top-K site module `node` calls, or None when it is no site."""
+    if not isinstance(node, fx.Node) or node.op != "call_module":
+        return None
+    module = gm.get_submodule(node.target)
+    return module if isinstance(module, TopK) else None
+
+
 def site_nodes(gm: fx.GraphModule) -> list[fx.Node]:
     """The `call_module` nodes of Top-K sites, in topological order."""
-    return [node for node in gm.graph.nodes
-            if node.op == "call_module" and isinstance(gm.get_submodule(node.target), TopK)]
+    return [node for node in gm.graph.nodes if site_of(gm, node) is not None]
 
 
 def same_mask_key(gm: fx.GraphModule, node: fx.Node) -> tuple | None:
     """For a backward-only input site, what decides its X_s: two sites with the same key compute the
     same X_s (a ResNet block's first conv and its downsample), so a backend may compute it once.
     None for any other node."""
-    if node.op != "call_module":
-        return None
-    site = gm.get_submodule(node.target)
-    if not isinstance(site, TopK) or site.role != "input" or site.differentiable:
+    site = site_of(gm, node)
+    if site is None or site.role != "input" or site.differentiable:
         return None
     return (node.args[0], site.sparsity, site.granularity, site.layer, site.period)
 
 
+def site_modules(model: nn.Module, *, every_name: bool = False) -> Iterator[tuple[str, TopK]]:
+    """(qualified name, site) for every Top-K site, in module order: once each, or under every name it
+    has with `every_name` (the eager lowering may give one site two names)."""
+    for name, module in model.named_modules(remove_duplicate=not every_name):
+        if isinstance(module, TopK):
+            yield name, module
+
+
 def sites(model: nn.Module) -> Iterator[tuple[str, TopK]]:
     """(layer name, site) for every Top-K site of a transformed model, once each, in module order."""
-    for name, module in model.named_modules():
-        if isinstance(module, TopK):
-            yield layer_of_site(name), module
+    for name, site in site_modules(model):
+        yield layer_of_site(name), site
 
 
 def config_of(model: nn.Module) -> SwatConfig | None:

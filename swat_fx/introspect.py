@@ -8,7 +8,14 @@ from dataclasses import dataclass
 import torch
 import torch.fx as fx
 
-from swat_fx.contract import LOWERING_META, record_of, require_transformed, swat_graph, weight_product_nodes
+from swat_fx.contract import (
+    LOWERING_META,
+    record_of,
+    require_transformed,
+    site_of,
+    swat_graph,
+    weight_product_nodes,
+)
 from swat_fx.shapes import TensorSpec, propagate
 from swat_fx.topk import TopK
 
@@ -45,11 +52,8 @@ class LayerInfo:
 
 def _sites_of(model: fx.GraphModule, node: fx.Node) -> list[TopK]:
     """The `TopK` modules that feed (or, for gradients, follow) the op at `node`."""
-    candidates = [*node.kwargs.values(), *node.args, *node.users]
-    return [
-        model.get_submodule(c.target) for c in dict.fromkeys(candidates)
-        if isinstance(c, fx.Node) and c.op == "call_module" and isinstance(model.get_submodule(c.target), TopK)
-    ]
+    candidates = dict.fromkeys([*node.kwargs.values(), *node.args, *node.users])
+    return [site for site in (site_of(model, c) for c in candidates) if site is not None]
 
 
 def layers(model: fx.GraphModule, example_inputs: Sequence[torch.Tensor] | None = None) -> list[LayerInfo]:

@@ -12,8 +12,7 @@ import re
 
 import torch.fx as fx
 
-from swat_fx.contract import record_of
-from swat_fx.topk import TopK
+from swat_fx.contract import record_of, site_of
 
 GEMM = "gemm"
 GEMM_KINDS = frozenset({"conv1d", "conv2d", "conv3d", "linear"})
@@ -56,7 +55,7 @@ def op_kind(gm: fx.GraphModule, node: fx.Node) -> str:
     """`gemm` (a conv/linear with a parameter weight), `topk`, a kind of `_KINDS`, or `elementwise`."""
     if record_of(node) is not None:
         return GEMM
-    if node.op == "call_module" and isinstance(gm.get_submodule(node.target), TopK):
+    if site_of(gm, node) is not None:
         return "topk"
     return _KIND_OF_NAME.get(_normalised_name(gm, node), "elementwise")
 

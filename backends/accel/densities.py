@@ -14,6 +14,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from swat_fx.contract import site_modules
 from swat_fx.topk import TopK
 
 DENSITY_SOURCES: tuple[str, ...] = ("config", "achieved", "measured")
@@ -37,8 +38,8 @@ def half_squared_norm(output: Any) -> torch.Tensor:
 
 
 def _sites(model: nn.Module) -> dict[str, TopK]:
-    """Every site by every name it has (the eager lowering may give one site two names)."""
-    return {name: m for name, m in model.named_modules(remove_duplicate=False) if isinstance(m, TopK)}
+    """Every site by every name it has, as the neutral graph calls it."""
+    return dict(site_modules(model, every_name=True))
 
 
 def _as_args(batch: Any) -> Sequence[Any]:

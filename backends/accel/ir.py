@@ -31,6 +31,7 @@ from swat_fx.contract import (
     layer_of_site,
     record_of,
     same_mask_key,
+    site_of,
     swat_graph,
 )
 from swat_fx.masks import mask_layout
@@ -141,8 +142,7 @@ class _Builder:
         if op is not None:
             return op.name
         if node.op == "call_module":
-            is_site = isinstance(self.gm.get_submodule(node.target), TopK)
-            return layer_of_site(node.target) if is_site else node.target
+            return layer_of_site(node.target) if site_of(self.gm, node) is not None else node.target
         return node.name
 
     # ------------------------------------------------------------------------------ forward walk
@@ -177,7 +177,7 @@ class _Builder:
         grad, and take their input's shape."""
         if isinstance(self.specs.get(node), (TensorSpec, tuple)):
             return True
-        return node.op == "call_module" and isinstance(self.gm.get_submodule(node.target), TopK)
+        return site_of(self.gm, node) is not None
 
     def _lower_get_attr(self, node: fx.Node) -> None:
         if not isinstance(self.specs.get(node), TensorSpec):
