@@ -15,7 +15,7 @@ from swat_fx.passes.pass_manager import PassContractError, PassManager
 
 def neutral_passes(config: SwatConfig) -> PassManager:
     """find weight products -> assign budgets -> insert sparsification."""
-    return PassManager([FindWeightProducts(), AssignBudgets(config), InsertSparsification()])
+    return PassManager([FindWeightProducts(), AssignBudgets(config), InsertSparsification(config.sync_thresholds)])
 
 
 __all__ = [

@@ -14,6 +14,8 @@ the rewritten op reads them with `get_attr`. Nothing here is specific to a backe
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch.fx as fx
 import torch.nn.functional as F
 
@@ -22,6 +24,7 @@ from swat_fx.contract import Slot, WeightProduct, record_of, site_target, weight
 from swat_fx.passes.conditions import BACKEND_NEUTRAL, BUDGETS_ASSIGNED, SITES_INSERTED
 from swat_fx.passes.find_weight_products import is_transpose, operands_of
 from swat_fx.passes.pass_base import SwatPass
+from swat_fx.schedule import IterationClock
 from swat_fx.topk import TopK
 
 
@@ -33,7 +36,7 @@ def _operand(graph: fx.Graph, value: fx.Node | str | None) -> fx.Node | None:
     return graph.get_attr(value) if isinstance(value, str) else value
 
 
-def _sparsify(gm: fx.GraphModule, op: WeightProduct, slot: Slot, value: fx.Node, **mode: bool) -> fx.Node:
+def _sparsify(gm: fx.GraphModule, op: WeightProduct, slot: Slot, value: fx.Node, **mode: Any) -> fx.Node:
     site = TopK(op.sparsity, op.granularity, slot.role, op.layer, op.period, **mode)
     site.to(gm.get_parameter(op.weight).device)
     target = site_target(op.name, slot)
@@ -41,7 +44,7 @@ def _sparsify(gm: fx.GraphModule, op: WeightProduct, slot: Slot, value: fx.Node,
     return gm.graph.create_node("call_module", target, (value,), name=_node_name(op, f"_{slot.value}_s"))
 
 
-def _rewrite(gm: fx.GraphModule, node: fx.Node, op: WeightProduct) -> None:
+def _rewrite(gm: fx.GraphModule, node: fx.Node, op: WeightProduct, **common: Any) -> None:
     """Replace `node` by its SWAT form (its users read the new op, or G_s's site after it)."""
     sites = op.sites
     graph = gm.graph
@@ -57,13 +60,13 @@ def _rewrite(gm: fx.GraphModule, node: fx.Node, op: WeightProduct) -> None:
         bias = _operand(graph, operands.bias)
         kwargs: dict = {}
         if sites & {"fw_w", "bw_w"}:
-            w_s = _sparsify(gm, op, Slot.WEIGHT, weight, backward_only="fw_w" not in sites)
+            w_s = _sparsify(gm, op, Slot.WEIGHT, weight, backward_only="fw_w" not in sites, **common)
             kwargs["weight_fwd"] = w_s if "fw_w" in sites else None
             kwargs["weight_bwd"] = w_s if "bw_w" in sites else None
         if "fw_a" in sites:
-            x = _sparsify(gm, op, Slot.INPUT, x, differentiable=True)
+            x = _sparsify(gm, op, Slot.INPUT, x, differentiable=True, **common)
         elif "bw_a" in sites:
-            kwargs["input_bwd"] = _sparsify(gm, op, Slot.INPUT, x, backward_only=True)
+            kwargs["input_bwd"] = _sparsify(gm, op, Slot.INPUT, x, backward_only=True, **common)
         target = ops.linear if op.kind == "linear" else ops.conv
         conv = op.conv.as_kwargs() if op.conv is not None else {}
         result = graph.create_node("call_function", target, (x, weight, bias), {**conv, **kwargs},
@@ -71,7 +74,7 @@ def _rewrite(gm: fx.GraphModule, node: fx.Node, op: WeightProduct) -> None:
         result.meta.update(node.meta)
     if "bw_g" in sites:
         with graph.inserting_after(result):
-            output = _sparsify(gm, op, Slot.GRAD, result)
+            output = _sparsify(gm, op, Slot.GRAD, result, **common)
     else:
         output = result
     node.replace_all_uses_with(output)
@@ -86,15 +89,23 @@ def _erase_dead_transposes(graph: fx.Graph) -> None:
 
 
 class InsertSparsification(SwatPass):
-    """Replace every sparsified weight product by its SWAT form (nothing changes for `algorithm="dense"`)."""
+    """Replace every sparsified weight product by its SWAT form (nothing changes for `algorithm="dense"`).
+
+    All sites share one `IterationClock`; `sync_thresholds` averages stored activation and gradient
+    thresholds over the ranks of a process group at each refresh.
+    """
 
     requires = (BUDGETS_ASSIGNED,)
     ensures = (SITES_INSERTED, BACKEND_NEUTRAL)
 
+    def __init__(self, sync_thresholds: bool = True) -> None:
+        self.sync_thresholds = sync_thresholds
+
     def call(self, gm: fx.GraphModule) -> fx.GraphModule:
+        common = {"clock": IterationClock(), "sync_thresholds": self.sync_thresholds}
         for node in weight_product_nodes(gm):
             op = record_of(node)
             if op.sparsified:
-                _rewrite(gm, node, op)
+                _rewrite(gm, node, op, **common)
         _erase_dead_transposes(gm.graph)
         return gm

@@ -10,6 +10,7 @@ from swat_fx.contract import config_of, is_transformed, swat_graph
 from swat_fx.introspect import LayerInfo, format_layers, layers
 from swat_fx.monitor import Monitor, monitor  # eager: a lazy name equal to its module's is shadowed by it
 from swat_fx.passes import PassContractError
+from swat_fx.schedule import accumulate
 from swat_fx.state import dense_state_dict
 from swat_fx.trace import SwatTraceError
 from swat_fx.transform import AlreadyTransformedError, transform
@@ -25,6 +26,7 @@ __all__ = [
     "PassContractError",
     "SwatConfig",
     "SwatTraceError",
+    "accumulate",
     "config_of",
     "dense_state_dict",
     "format_layers",

@@ -59,6 +59,7 @@ class SwatConfig:
     sparsify_last: bool = True
     distribution: str = "uniform"
     layer_sparsity: Mapping[str, float] = field(default_factory=dict)
+    sync_thresholds: bool = True
     leaf_modules: tuple[type[nn.Module] | str, ...] = ()
     concrete_args: Mapping[str, Any] | None = None
 
@@ -79,6 +80,8 @@ class SwatConfig:
         check_choice("distribution", self.distribution, DISTRIBUTIONS)
         if isinstance(self.period, bool) or not isinstance(self.period, int) or self.period < 1:
             raise ValueError(f"period must be an integer >= 1 (steps between exact Top-K), got {self.period!r}")
+        if not isinstance(self.sync_thresholds, bool):
+            raise TypeError(f"sync_thresholds must be True or False, got {self.sync_thresholds!r}")
         overrides = {str(k): check_sparsity(v, f"layer_sparsity[{k!r}]") for k, v in self.layer_sparsity.items()}
         set_(self, "layer_sparsity", overrides)
         leaves = self.leaf_modules

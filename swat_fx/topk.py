@@ -22,6 +22,19 @@ from swat_fx.masks import (
     mask_layout,
     scores,
 )
+from swat_fx.schedule import IterationClock
+
+
+def average_over_ranks(threshold: torch.Tensor, enabled: bool) -> torch.Tensor:
+    """A stored activation/gradient threshold averaged over the ranks of the default process group, so
+    every rank reuses the threshold of the global batch (one small all-reduce per refresh)."""
+    if not (enabled and torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return threshold
+    world = torch.distributed.get_world_size()
+    if world == 1:
+        return threshold
+    torch.distributed.all_reduce(threshold)
+    return threshold / world
 
 
 class StorageFormat(Protocol):
@@ -56,8 +69,14 @@ class TopK(nn.Module):
         period: int = 1,
         differentiable: bool = False,
         backward_only: bool = False,
+        clock: IterationClock | None = None,
+        sync_thresholds: bool = True,
     ) -> None:
         super().__init__()
+        self.clock = clock if clock is not None else IterationClock()
+        self.sync_thresholds = sync_thresholds
+        self._generation = 0  # the clock's iteration this site last advanced in
+        self._refresh = False  # whether that iteration computes the exact Top-K
         self.sparsity = sparsity
         self.granularity = granularity
         self.role = role
@@ -86,23 +105,25 @@ class TopK(nn.Module):
         if format is not None and not (isinstance(format, enum.Enum) and callable(getattr(format, "encode", None))):
             raise TypeError(f"TopK format must be a StorageFormat (an enum member with `encode`) or None, "
                             f"got {format!r}")
-        refresh = self._next_step() if self.training else None
+        if t.numel() == 0:  # an empty batch: nothing to rank, nothing to learn from, as in dense PyTorch
+            return t
+        refresh, store = self._schedule(t)
         if self.role == "grad":
             if t.requires_grad:  # a hook, not a Function: an in-place op (ReLU) may follow
-                t.register_hook(functools.partial(self._sparsify_grad, refresh=refresh))
+                t.register_hook(functools.partial(self._sparsify_grad, refresh=refresh, store=store))
             return t
         if self.backward_only and not self.training and not torch.is_grad_enabled():
             return None
         layout = self.layout(t)
-        tau, s = self._threshold(t, layout, refresh)
+        tau, s = self._threshold(t, layout, refresh, store)
         if format is None and not layout.score_dims and tau.numel() == 1:
             with torch.set_grad_enabled(self.differentiable and torch.is_grad_enabled()):
                 out = apply_threshold(t, tau)
-            if refresh is not None:  # with tau > 0 the kept entries are exactly the non-zero ones
+            if store:  # with tau > 0 the kept entries are exactly the non-zero ones
                 kept = torch.count_nonzero(out != 0) / out.numel() if float(tau) > 0 else 1.0
                 self.density.fill_(kept)
             return out
-        keep = self._keep(t, layout, tau, s, record=refresh is not None)
+        keep = self._keep(t, layout, tau, s, record=store)
         if format is not None:
             return format.encode(t, keep, tau, layout, self.unit_dim)
         with torch.set_grad_enabled(self.differentiable and torch.is_grad_enabled()):
@@ -118,12 +139,12 @@ class TopK(nn.Module):
     def layout(self, t: torch.Tensor) -> MaskLayout:
         return mask_layout(self.role, self.layer, self.granularity, t.dim())
 
-    def mask(self, t: torch.Tensor, refresh: bool | None = None) -> torch.Tensor:
-        """The keep-mask of `t` (broadcastable). `refresh=None`: exact Top-K, no state change (eval
-        mode); True: exact Top-K, threshold stored; False: the stored threshold is reused."""
+    def mask(self, t: torch.Tensor, refresh: bool | None = None, store: bool = False) -> torch.Tensor:
+        """The keep-mask of `t` (broadcastable). `refresh=None` or True: exact Top-K; False: the stored
+        threshold is reused. `store`: the threshold (at a refresh) and the achieved density are kept."""
         layout = self.layout(t)
-        tau, s = self._threshold(t, layout, refresh)
-        return self._keep(t, layout, tau, s, record=refresh is not None)
+        tau, s = self._threshold(t, layout, refresh, store)
+        return self._keep(t, layout, tau, s, record=store)
 
     def _keep(self, t: torch.Tensor, layout: MaskLayout, tau: torch.Tensor, s: torch.Tensor | None,
               record: bool) -> torch.Tensor:
@@ -133,7 +154,7 @@ class TopK(nn.Module):
         return keep
 
     def _threshold(
-        self, t: torch.Tensor, layout: MaskLayout, refresh: bool | None
+        self, t: torch.Tensor, layout: MaskLayout, refresh: bool | None, store: bool
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(threshold, scores): the scores only when computing the threshold needed them."""
         if refresh is False:
@@ -141,20 +162,36 @@ class TopK(nn.Module):
             return self.threshold.view([1 if d in reduced else n for d, n in enumerate(t.shape)]), None
         s = scores(t, layout)
         tau = group_thresholds(s, layout.group_dims, self.target_density)
-        if refresh:
+        if refresh and store:
             stored = tau.mean(layout.batch_dims, keepdim=True) if layout.batch_dims else tau
-            self.threshold = stored.detach().flatten().clone()
+            stored = stored.detach().flatten().clone()
+            self.threshold = stored if self.role == "weight" else average_over_ranks(stored, self.sync_thresholds)
         return tau, s
 
-    def _sparsify_grad(self, grad: torch.Tensor, refresh: bool | None) -> torch.Tensor:
+    def _sparsify_grad(self, grad: torch.Tensor, refresh: bool | None, store: bool) -> torch.Tensor:
         """meProp's G_s (the hook sees dL/dY of the op's own output, even if Y is later modified in place)."""
-        return apply_mask(grad, self.mask(grad, refresh))
+        return apply_mask(grad, self.mask(grad, refresh, store))
 
-    def _next_step(self) -> bool:
-        """Advance the step counter; True when this step refreshes the threshold exactly."""
-        refresh = int(self.step) % self.period == 0 or self.threshold.numel() == 0
-        self.step += 1
-        return refresh
+    def _schedule(self, t: torch.Tensor) -> tuple[bool | None, bool]:
+        """(refresh, store) for this call (see `swat_fx.schedule`). Eval mode: exact Top-K, no state.
+        Training: the first call of an iteration under autograd advances the step and decides whether
+        the iteration refreshes; every other call of the iteration does the same; a call under
+        `no_grad` computes what the iteration (or the next one) uses and writes nothing."""
+        if not self.training:
+            return None, False
+        in_iteration = self.clock.running and self._generation == self.clock.generation
+        if not torch.is_grad_enabled():
+            return (self._refresh if in_iteration else self._due()), False
+        if not in_iteration:
+            self._generation = self.clock.begin()
+            self._refresh = self._due()
+            self.step += 1
+        self.clock.watch(t)
+        return self._refresh, True
+
+    def _due(self) -> bool:
+        """Whether the next iteration computes the exact Top-K."""
+        return int(self.step) % self.period == 0 or self.threshold.numel() == 0
 
     def _load_from_state_dict(
         self, state_dict: dict[str, Any], prefix: str, local_metadata: Any, strict: bool,
@@ -177,3 +214,4 @@ class TopK(nn.Module):
         self.step.zero_()
         self.threshold = self.threshold.new_empty(0)
         self.density.fill_(1.0)
+        self._generation = 0

@@ -50,7 +50,7 @@ def test_reused_threshold_defines_the_forward_weights() -> None:
     model = swat_fx.transform(nn.Sequential(layer), 0.5, period=10, sparsify_first=True)
     weight = model.get_parameter("0.weight")
     x = torch.randn(3, 20)
-    model(x)
+    model(x).sum().backward()  # one training iteration: the next forward starts the second one
     tau = model.get_submodule("swat.0.w_topk").threshold.clone()
     with torch.no_grad():
         weight.mul_(0.5)  # halves every magnitude: with τ kept, far fewer weights pass

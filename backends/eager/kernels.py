@@ -56,6 +56,20 @@ def _pad_right(t: torch.Tensor, extra: Sequence[int]) -> torch.Tensor:
     return F.pad(t, [p for e in reversed(extra) for p in (0, e)])
 
 
+def autocast_operands(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Under `torch.autocast`, x, weight and bias in the dtype autocast runs conv/linear in, as it treats
+    the ops SWAT replaces: the casts are differentiable, so dW reaches the float32 parameter. The kernels
+    cast the sparsified operands to the same dtype."""
+    device = x.device.type
+    if not torch.is_autocast_enabled(device):
+        return x, weight, bias
+    dtype = torch.get_autocast_dtype(device)
+    x, weight = x.to(dtype), weight.to(dtype)
+    return x, weight, None if bias is None else bias.to(dtype)
+
+
 def _save_operands(ctx: Any, *operands: Operand) -> None:
     tensors, specs = [], []
     for operand in operands:
@@ -102,9 +116,9 @@ class _SwatConv(torch.autograd.Function):
         x = _pad_right(x, extra)
         if isinstance(weight_fwd, UNITS):
             kept_bias = None if bias is None else bias.index_select(0, weight_fwd.index)
-            kept = torch.convolution(x, weight_fwd.values, kept_bias, *ctx.conv_args)
+            kept = torch.convolution(x, weight_fwd.values.to(x.dtype), kept_bias, *ctx.conv_args)
             return _scatter_units(kept, weight_fwd.index, 1, weight.shape[0], bias)
-        return torch.convolution(x, to_dense(weight_fwd), bias, *ctx.conv_args)
+        return torch.convolution(x, to_dense(weight_fwd).to(x.dtype), bias, *ctx.conv_args)
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
@@ -117,11 +131,12 @@ class _SwatConv(torch.autograd.Function):
                 w, g = w.values, grad.index_select(1, w.index)
             # dX reads only the shape of the input argument, dW only that of the weight: empty stand-ins
             dx = torch.ops.aten.convolution_backward(
-                g, grad.new_empty(padded_shape), to_dense(w), None, *ctx.conv_args, [True, False, False])[0]
+                g, grad.new_empty(padded_shape), to_dense(w).to(grad.dtype), None, *ctx.conv_args,
+                [True, False, False])[0]
             if any(ctx.extra):
                 dx = dx[(..., *(slice(0, n) for n in ctx.input_shape[2:]))]
         if ctx.needs_input_grad[1]:
-            x = input_bwd.values if isinstance(input_bwd, UNITS) else to_dense(input_bwd)
+            x = (input_bwd.values if isinstance(input_bwd, UNITS) else to_dense(input_bwd)).to(grad.dtype)
             weight_shape = list(ctx.weight_shape)
             weight_shape[1] = x.shape[1] // ctx.conv_args[-1]
             dw = torch.ops.aten.convolution_backward(
@@ -147,6 +162,7 @@ def conv_swat(
     if groups != 1 and any(isinstance(o, UNITS) for o in (weight_fwd, weight_bwd, input_bwd)):
         raise ValueError("the compact conv kernel needs groups=1; use kernel='masked'")
     sym, extra = resolve_padding(padding, weight.shape, dilation)
+    x, weight, bias = autocast_operands(x, weight, bias)
     return _SwatConv.apply(
         x, weight, bias,
         weight if weight_fwd is None else weight_fwd,
@@ -175,9 +191,9 @@ class _SwatLinear(torch.autograd.Function):
         _save_operands(ctx, weight_bwd, input_bwd)
         if isinstance(weight_fwd, UNITS):
             kept_bias = None if bias is None else bias.index_select(0, weight_fwd.index)
-            kept = F.linear(x, weight_fwd.values, kept_bias)
+            kept = F.linear(x, weight_fwd.values.to(x.dtype), kept_bias)
             return _scatter_units(kept, weight_fwd.index, -1, weight.shape[0], bias)
-        return F.linear(x, to_dense(weight_fwd), bias)
+        return F.linear(x, to_dense(weight_fwd).to(x.dtype), bias)
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
@@ -186,11 +202,11 @@ class _SwatLinear(torch.autograd.Function):
         dx = dw = None
         if ctx.needs_input_grad[0]:
             if isinstance(weight_bwd, UNITS):
-                dx = grad.index_select(-1, weight_bwd.index) @ weight_bwd.values
+                dx = grad.index_select(-1, weight_bwd.index) @ weight_bwd.values.to(grad.dtype)
             else:
-                dx = grad @ to_dense(weight_bwd)
+                dx = grad @ to_dense(weight_bwd).to(grad.dtype)
         if ctx.needs_input_grad[1]:
-            x = input_bwd.values if isinstance(input_bwd, UNITS) else to_dense(input_bwd)
+            x = (input_bwd.values if isinstance(input_bwd, UNITS) else to_dense(input_bwd)).to(grad.dtype)
             dw = rows.t() @ x.reshape(-1, x.shape[-1])
             if isinstance(input_bwd, UNITS):
                 dw = grad.new_zeros(ctx.weight_shape).index_copy_(1, input_bwd.index, dw)
@@ -203,6 +219,7 @@ def linear_swat(
     weight_fwd: Operand | None = None, weight_bwd: Operand | None = None, input_bwd: Operand | None = None,
 ) -> torch.Tensor:
     """Linear (any leading dims) with separately sparsified operands for Y, dX and dW."""
+    x, weight, bias = autocast_operands(x, weight, bias)
     return _SwatLinear.apply(
         x, weight, bias,
         weight if weight_fwd is None else weight_fwd,
