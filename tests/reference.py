@@ -258,9 +258,14 @@ def ref_layer(
     sites: Iterable[str] | str,
     density: float,
     granularity: str,
+    compute_dtype: torch.dtype | None = None,
     **conv_kwargs: object,
 ) -> dict[str, Tensor | None]:
     """Forward output and gradients of one SWAT layer, computed explicitly.
+
+    ``compute_dtype`` (mixed precision): the masks are taken on the tensors as given, then every
+    product reads its operands rounded to this dtype, accumulates in float32 (as bfloat16/float16
+    kernels do) and rounds its result to it; dW / db are returned in W's dtype.
 
     kind: "conv1d", "conv2d", "conv3d" or "linear". ``g`` is dL/dY (Y's
     shape). ``sites`` is a subset of {"fw_w", "fw_a", "bw_w", "bw_a",
@@ -283,6 +288,13 @@ def ref_layer(
         w_fwd = w_s if "fw_w" in on else w
         w_bwd = w_s if "bw_w" in on else w
         x_bwd = x_s if ("bw_a" in on or "fw_a" in on) else x
+        param_dtype = w.dtype
+        if compute_dtype is not None:
+            def rounded(t: Tensor) -> Tensor:
+                return t.to(compute_dtype).float()
+
+            x_fwd, w_fwd, w_bwd, x_bwd, g_used = (rounded(t) for t in (x_fwd, w_fwd, w_bwd, x_bwd, g_used))
+            b = None if b is None else rounded(b)
 
         if layer == "linear":
             if conv_kwargs:
@@ -293,6 +305,11 @@ def ref_layer(
 
         if "fw_a" in on:
             dx = dx * x_mask
+        if compute_dtype is not None:
+            y, dx, dw = y.to(compute_dtype), dx.to(compute_dtype), dw.to(compute_dtype)
+            db = None if db is None else db.to(compute_dtype)
+        dw = dw.to(param_dtype)
+        db = None if db is None else db.to(param_dtype)
     return {"y": y, "dx": dx, "dw": dw, "db": db}
 
 
