@@ -157,7 +157,7 @@ def grid_command(
         print_outputs(args)
         return 0
 
-    parser.set_defaults(run=run)
+    parser.set_defaults(run=run, trains=True)
 
 
 def print_outputs(args: argparse.Namespace, **more: str | None) -> None:

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from swat_fx.contract import sites
+from swat_fx.lab import distributed
 from swat_fx.lab.data import Dataset
 
 
@@ -73,9 +74,15 @@ def train(
     """Train with Adam and cross-entropy; shuffling is seeded so runs are reproducible.
 
     The progress bar shows the loss, the training accuracy and the achieved sparsity; each callback
-    receives an `EpochLog` after every epoch (in order; one may raise to stop the run).
+    receives an `EpochLog` after every epoch (in order; one may raise to stop the run). In a process
+    group (`torchrun`), the model trains under DDP, each rank on its slice of every batch (a batch
+    smaller than the group is skipped), the logs hold the totals of all ranks, and only rank 0 shows
+    the progress bar.
     """
     callbacks = list(callbacks)
+    where = distributed.ranks()
+    step_module = distributed.parallel(model, where)
+    progress = progress and where.main
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     generator = torch.Generator().manual_seed(seed)
     steps_per_epoch = -(-len(data.y_train) // batch_size)
@@ -84,21 +91,25 @@ def train(
     with tqdm(total=epochs * steps_per_epoch, desc=desc, disable=not progress, leave=True) as bar:
         for epoch in range(1, epochs + 1):
             order = torch.randperm(len(data.y_train), generator=generator)
-            total, correct = 0.0, 0
+            total, correct, seen = 0.0, 0, 0
             for i in range(0, len(order), batch_size):
-                batch = order[i:i + batch_size]
-                logits = model(data.x_train[batch])
+                bar.update()
+                if len(order[i:i + batch_size]) < where.world:
+                    continue
+                batch = order[i:i + batch_size].tensor_split(where.world)[where.rank]
+                logits = step_module(data.x_train[batch])
                 loss = F.cross_entropy(logits, data.y_train[batch])
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
                 total += loss.item() * len(batch)
                 correct += int((logits.argmax(1) == data.y_train[batch]).sum())
-                bar.update()
+                seen += len(batch)
                 if progress:
-                    bar.set_postfix(loss=f"{loss.item():.3f}", acc=f"{correct / (i + len(batch)):.3f}",
+                    bar.set_postfix(loss=f"{loss.item():.3f}", acc=f"{correct / seen:.3f}",
                                     sparsity=f"{achieved_sparsity(model):.2f}", refresh=False)
-            log = EpochLog(epoch=epoch, loss=total / len(order), train_accuracy=correct / len(order),
+            total, correct, seen = distributed.summed([total, correct, seen], where)
+            log = EpochLog(epoch=epoch, loss=total / seen, train_accuracy=correct / seen,
                            test_accuracy=evaluate(model, data.x_test, data.y_test),
                            sparsity=achieved_sparsity(model))
             result.epoch_loss.append(log.loss)

@@ -40,4 +40,4 @@ def register(commands: Any) -> None:
                         "periods")), help="(default: %(default)s)")
     parser.add_argument("--every", type=int, default=1, help="record one step in this many (default: 1)")
     cli_options.add_output_options(parser, "one row per period, step and site")
-    parser.set_defaults(run=run)
+    parser.set_defaults(run=run, trains=True)

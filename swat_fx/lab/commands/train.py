@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 from swat_fx.introspect import format_layers, layers
-from swat_fx.lab import cli_options, experiments
+from swat_fx.lab import cli_options, distributed, experiments
 
 
 @cli_options.interruptible
@@ -20,8 +20,10 @@ def run(args: argparse.Namespace) -> int:
     config = cli_options.config_from_args(args)
     settings = cli_options.settings(args)
     data = cli_options.dataset(args)
+    world = distributed.ranks().world
+    processes = f", {world} processes" if world > 1 else ""
     print(f"{data.name}: {len(data.y_train)} train / {len(data.y_test)} test images, model {args.model}, "
-          f"{args.epochs} epochs, {torch.get_num_threads()} threads")
+          f"{args.epochs} epochs, {torch.get_num_threads()} threads{processes}")
     runs = experiments.train(data, settings, config, dense=not args.no_dense, csv=args.csv, png=args.plot,
                              monitor_csv=args.monitor, angle=args.angle)
     print()
@@ -45,4 +47,4 @@ def register(commands: Any) -> None:
     parser.add_argument("--monitor", default=None, metavar="FILE.csv",
                         help="record the SWAT run's sites at every step (density, Top-K threshold) to this CSV")
     parser.add_argument("--angle", action="store_true", help="with --monitor: also the sparsification angle")
-    parser.set_defaults(run=run)
+    parser.set_defaults(run=run, trains=True)
