@@ -85,7 +85,7 @@ def step_time(model: nn.Module, x: torch.Tensor, y: torch.Tensor, period: int, s
     times = [_step(model, optimizer, x, y) for _ in range(steps)]
     if period == 1:
         return statistics.median(times)
-    sites = [m for m in model.modules() if isinstance(m, swat_fx.topk.TopK)]
+    sites = [site for _, site in swat_fx.contract.site_modules(model)]
     refresh = []
     for _ in range(max(1, steps // 2)):
         for site in sites:  # make the next step a refresh step

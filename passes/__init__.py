@@ -11,11 +11,13 @@ from swat_fx.passes.find_weight_products import FindWeightProducts
 from swat_fx.passes.insert_sparsification import InsertSparsification
 from swat_fx.passes.pass_base import Condition, SwatPass
 from swat_fx.passes.pass_manager import PassContractError, PassManager
+from swat_fx.passes.share_sparsified_inputs import ShareSparsifiedInputs
 
 
 def neutral_passes(config: SwatConfig) -> PassManager:
-    """find weight products -> assign budgets -> insert sparsification."""
-    return PassManager([FindWeightProducts(), AssignBudgets(config), InsertSparsification(config.sync_thresholds)])
+    """find weight products -> assign budgets -> insert sparsification -> share sparsified inputs."""
+    return PassManager([FindWeightProducts(), AssignBudgets(config), InsertSparsification(config.sync_thresholds),
+                        ShareSparsifiedInputs()])
 
 
 __all__ = [
@@ -25,6 +27,7 @@ __all__ = [
     "InsertSparsification",
     "PassContractError",
     "PassManager",
+    "ShareSparsifiedInputs",
     "SwatPass",
     "erk_densities",
     "neutral_passes",

@@ -81,14 +81,14 @@ def _from_module(gm: fx.GraphModule, node: fx.Node) -> Found | None:
     shape = tuple(module.weight.shape)
     operands = Operands(node.args[0], weight, bias)
     if isinstance(module, nn.Linear):
-        return WeightProduct(node.target, "linear", weight, shape, has_bias=bias is not None), operands
+        return WeightProduct(node.target, "linear", weight, shape, has_bias=bias is not None, bias=bias), operands
     zeros = module.padding_mode == "zeros"
     conv = ConvArgs(tuple(module.stride), module.padding if zeros else (0,) * len(module.stride),
                     tuple(module.dilation), module.groups)
     # nn.Conv pads with F.pad first for other padding modes: the conv's input is the padded one
     pad_mode = None if zeros else (module.padding_mode, tuple(module._reversed_padding_repeated_twice))
     record = WeightProduct(node.target, f"conv{len(shape) - 2}d", weight, shape, has_bias=bias is not None,
-                           pad_mode=pad_mode, conv=conv)
+                           bias=bias, pad_mode=pad_mode, conv=conv)
     return record, operands
 
 
@@ -101,12 +101,12 @@ def _from_function(gm: fx.GraphModule, node: fx.Node) -> Found | None:
             return None
         shape = tuple(gm.get_parameter(param).shape)
         operands = Operands(args["input"], args["weight"], args["bias"])
-        has_bias = args["bias"] is not None
+        bias = {"has_bias": args["bias"] is not None, "bias": _param_name(gm, args["bias"])}
         if node.target in _LINEAR_FUNCTIONS:
-            return WeightProduct(param, "linear", param, shape, has_bias=has_bias), operands
+            return WeightProduct(param, "linear", param, shape, **bias), operands
         n = len(shape) - 2
         conv = ConvArgs(*(_ntuple(args[key], n) for key in ("stride", "padding", "dilation")), args["groups"])
-        return WeightProduct(param, f"conv{n}d", param, shape, has_bias=has_bias, conv=conv), operands
+        return WeightProduct(param, f"conv{n}d", param, shape, conv=conv, **bias), operands
     if node.target in _MATMUL_FUNCTIONS and len(node.args) == 2:
         return _from_matmul(gm, *node.args)
     return None

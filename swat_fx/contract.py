@@ -71,7 +71,8 @@ class WeightProduct:
 
     `name` is the layer's qualified name (`name@1`, `name@2`... for further call sites of one weight);
     `weight` the parameter's qualified name and `weight_shape` its shape as the op uses it
-    ([out, in] for a linear, even when the parameter is stored [in, out]: `transpose_weight`).
+    ([out, in] for a linear, even when the parameter is stored [in, out]: `transpose_weight`); `bias`
+    the bias parameter's name (None without a bias, or for a bias computed in the graph: `has_bias`).
     `sparsity` (None until budgeted), `sites`, `granularity` and `period` are set by `assign_budgets`;
     a product with sparsity 0 or no site stays dense.
     """
@@ -81,6 +82,7 @@ class WeightProduct:
     weight: str
     weight_shape: tuple[int, ...]
     has_bias: bool = False
+    bias: str | None = None
     transpose_weight: bool = False
     pad_mode: tuple[str, tuple[int, ...]] | None = None
     conv: ConvArgs | None = None
@@ -104,9 +106,10 @@ class WeightProduct:
 
 @dataclass(frozen=True)
 class Lowering:
-    """What a backend's lowering chose for one op, and why when it is not what the user asked for."""
+    """What a backend's lowering chose for one op (a kind of that backend, e.g. the eager `Kernel`), and
+    why when it is not what the user asked for."""
 
-    choice: str
+    choice: enum.Enum
     reason: str | None = None
 
 
@@ -148,20 +151,9 @@ def site_nodes(gm: fx.GraphModule) -> list[fx.Node]:
     return [node for node in gm.graph.nodes if site_of(gm, node) is not None]
 
 
-def same_mask_key(gm: fx.GraphModule, node: fx.Node) -> tuple | None:
-    """For a backward-only input site, what decides its X_s: two sites with the same key compute the
-    same X_s (a ResNet block's first conv and its downsample), so a backend may compute it once.
-    None for any other node."""
-    site = site_of(gm, node)
-    if site is None or site.role != "input" or site.differentiable:
-        return None
-    return (node.args[0], site.sparsity, site.granularity, site.layer, site.period)
-
-
-def site_modules(model: nn.Module, *, every_name: bool = False) -> Iterator[tuple[str, TopK]]:
-    """(qualified name, site) for every Top-K site, in module order: once each, or under every name it
-    has with `every_name` (the eager lowering may give one site two names)."""
-    for name, module in model.named_modules(remove_duplicate=not every_name):
+def site_modules(model: nn.Module) -> Iterator[tuple[str, TopK]]:
+    """(qualified name, site) for every Top-K site, in module order."""
+    for name, module in model.named_modules():
         if isinstance(module, TopK):
             yield name, module
 
@@ -183,14 +175,14 @@ def config_of(model: nn.Module) -> SwatConfig | None:
 
 
 def is_transformed(model: nn.Module) -> bool:
-    """Whether `model` is the result of `swat_fx.transform`."""
-    return isinstance(model, fx.GraphModule) and config_of(model) is not None
+    """Whether `model` is the result of `swat_fx.transform` (its config and neutral graph are in `meta`)."""
+    return isinstance(model, fx.GraphModule) and config_of(model) is not None and SWAT_GRAPH_META in model.meta
 
 
 def require_transformed(model: nn.Module, caller: str) -> SwatConfig:
     """The model's `SwatConfig`; a TypeError naming `caller` for a model `transform` did not return."""
     config = config_of(model)
-    if not isinstance(model, fx.GraphModule) or config is None or SWAT_GRAPH_META not in model.meta:
+    if not is_transformed(model) or config is None:
         raise TypeError(
             f"{caller} expects a model returned by swat_fx.transform, got {type(model).__name__}; "
             "transform it first: swat_fx.transform(model, sparsity=...)"

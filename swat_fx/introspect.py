@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import torch
 import torch.fx as fx
 
+from swat_fx.backends.eager.formats import Kernel
 from swat_fx.contract import (
     LOWERING_META,
     record_of,
@@ -28,7 +29,8 @@ class LayerInfo:
 
     `achieved` maps "weight", "input", "grad" to the density kept at the last training step (1.0
     before the first one), for the tensors this layer sparsifies. `kernel` is the eager backend's
-    kernel for it, and `note` says why it is not the one asked for, where it is not.
+    kernel for a sparsified layer (`Kernel.DENSE` for one whose only site is meProp's G_s or fw_a's
+    X_s; None for a layer left dense), and `note` says why it is not the one asked for, where it is not.
     """
 
     name: str
@@ -42,7 +44,7 @@ class LayerInfo:
     activation_sparsity: float
     grad_sparsity: float
     achieved: dict[str, float]
-    kernel: str | None = None
+    kernel: Kernel | None = None
     note: str | None = None
 
     @property

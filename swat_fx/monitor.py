@@ -19,7 +19,7 @@ import os
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -28,10 +28,8 @@ from torch.utils.hooks import RemovableHandle
 from swat_fx.analysis import angle_between
 from swat_fx.backends.eager.operands import Operand, to_dense
 from swat_fx.contract import sites
+from swat_fx.csv_log import CsvLog
 from swat_fx.topk import TopK
-
-if TYPE_CHECKING:
-    from swat_fx.lab.csv_log import CsvLog
 
 
 @dataclass(frozen=True)
@@ -78,7 +76,7 @@ class Monitor:
         if self._handles:
             return self
         if self.csv is not None:
-            self._log = _csv_log(self.csv)
+            self._log = CsvLog(self.csv, COLUMNS)
         for layer, site in self.sites:
             if site.role == "grad":
                 self._watch_gradient(layer, site)
@@ -102,7 +100,7 @@ class Monitor:
         self.stop()
 
     def to_csv(self, path: str | os.PathLike[str]) -> None:
-        with _csv_log(path) as log:
+        with CsvLog(path, COLUMNS) as log:
             for record in self.records:
                 log.write(asdict(record))
 
@@ -156,13 +154,6 @@ class Monitor:
             self._log.write(asdict(record))
         if self.on_record is not None:
             self.on_record(record)
-
-
-def _csv_log(path: str | os.PathLike[str]) -> CsvLog:
-    """The monitor's file output is the lab's `CsvLog`, loaded only when a file is asked for."""
-    from swat_fx.lab.csv_log import CsvLog
-
-    return CsvLog(path, COLUMNS)
 
 
 def monitor(model: nn.Module, angle: bool = False, every: int = 1,

@@ -56,9 +56,12 @@ def trace(
     leaf_modules: tuple[type[nn.Module] | str, ...] = (),
     concrete_args: Mapping[str, Any] | None = None,
 ) -> fx.GraphModule:
-    """Trace a deep copy of `model` (the caller's model is never modified)."""
+    """Trace a deep copy of `model` (the caller's model is never modified). A `GraphModule` is taken as
+    it is, unless `leaf_modules` or `concrete_args` ask for it to be traced again with them."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"swat_fx.transform expects a torch.nn.Module, got {type(model).__name__}")
+    if isinstance(model, fx.GraphModule) and not leaf_modules and not concrete_args:
+        return copy.deepcopy(model)  # already a graph, with the tracing choices of whoever traced it
     root = copy.deepcopy(model)
     tracer = _SwatTracer(leaf_modules)
     try:

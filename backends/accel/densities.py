@@ -38,8 +38,7 @@ def half_squared_norm(output: Any) -> torch.Tensor:
 
 
 def _sites(model: nn.Module) -> dict[str, TopK]:
-    """Every site by every name it has, as the neutral graph calls it."""
-    return dict(site_modules(model, every_name=True))
+    return dict(site_modules(model))
 
 
 def _as_args(batch: Any) -> Sequence[Any]:

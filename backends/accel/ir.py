@@ -30,13 +30,11 @@ from swat_fx.contract import (
     is_transformed,
     layer_of_site,
     record_of,
-    same_mask_key,
     site_of,
     swat_graph,
 )
 from swat_fx.masks import mask_layout
 from swat_fx.shapes import Spec, TensorSpec, propagate
-from swat_fx.topk import TopK
 
 PHASES: tuple[str, ...] = ("fwd", "bwd_input", "bwd_weight", "sparsify", "update")
 """`sparsify` holds every node that exists only because of SWAT (Top-K of W, X or G, and fw_a's
@@ -62,16 +60,6 @@ def _leaves(spec: Spec) -> Iterable[TensorSpec]:
             yield from _leaves(s)
 
 
-def _bias_parameter(node: fx.Node, op: WeightProduct) -> str | None:
-    """The qualified name of a weight product's bias parameter (None: no bias, or one computed in the graph)."""
-    if not op.has_bias:
-        return None
-    if node.op == "call_module":
-        return f"{node.target}.bias"
-    bias = node.args[2] if len(node.args) > 2 else node.kwargs.get("bias")
-    return bias.target if isinstance(bias, fx.Node) and bias.op == "get_attr" else None
-
-
 class _Builder:
     """Lowers one fx graph. `value` maps each tensor node to the TensorRef of its forward value,
     `backward` to the closure that lowers its backward, `grads` to the gradients its consumers send it."""
@@ -87,7 +75,6 @@ class _Builder:
         self.grads: dict[fx.Node, list[TensorRef]] = defaultdict(list)
         self.params: dict[str, TensorRef] = {}
         self.param_grads: dict[str, list[TensorRef]] = defaultdict(list)
-        self.computed_masks: dict[tuple, fx.Node] = {}
 
     # ------------------------------------------------------------------------------ IR nodes
 
@@ -200,8 +187,7 @@ class _Builder:
         x_node = node.args[0] if node.args else node.kwargs["input"]
         x = self.value[x_node]
         weight = self.param(op.weight)
-        bias_name = _bias_parameter(node, op)
-        bias = self.param(bias_name) if bias_name else None
+        bias = self.param(op.bias) if op.bias else None
 
         def operand(key: str, dense: TensorRef) -> TensorRef:
             source = node.kwargs.get(key)
@@ -239,14 +225,7 @@ class _Builder:
     def _lower_topk(self, node: fx.Node) -> None:
         """A weight or activation site is a forward-time node writing the sparse tensor; a gradient
         site (meProp) is the identity in the forward and a Top-K of G in the backward."""
-        key = same_mask_key(self.gm, node)
-        if key in self.computed_masks:  # the same X_s as a site lowered before: computed once
-            first = self.computed_masks[key]
-            self.value[node], self.requires_grad[node] = self.value[first], self.requires_grad[first]
-            return
-        if key is not None:
-            self.computed_masks[key] = node
-        site: TopK = self.gm.get_submodule(node.target)
+        site = site_of(self.gm, node)
         source = node.args[0]
         dense = self.value[source]
         density = self.densities[node.target]

@@ -9,6 +9,7 @@ and the reason kept in `node.meta[LOWERING_META]` (`swat_fx.layers` reports it).
 from __future__ import annotations
 
 import warnings
+from collections import defaultdict
 
 import torch.fx as fx
 
@@ -26,14 +27,29 @@ _EAGER_OPS = {ops.conv: kernels.conv, ops.linear: kernels.linear}
 def choose_kernel(node: fx.Node, op: WeightProduct, requested: Kernel) -> Lowering:
     """The kernel for one op, and why it differs from `requested` where it does."""
     if all(node.kwargs.get(key) is None for key in ops.SPARSE_OPERANDS):
-        return Lowering(Kernel.DENSE.value)
+        return Lowering(Kernel.DENSE)
     kernel = requested
     if kernel is Kernel.AUTO:
         kernel = Kernel.COMPACT if op.granularity == "filter" else Kernel.MASKED
     if kernel is Kernel.COMPACT and node.kwargs.get("groups", 1) != 1:
         groups = node.kwargs["groups"]
-        return Lowering(Kernel.MASKED.value, f"compact kernels need groups=1, this conv has groups={groups}")
-    return Lowering(kernel.value)
+        return Lowering(Kernel.MASKED, f"compact kernels need groups=1, this conv has groups={groups}")
+    return Lowering(kernel)
+
+
+def _agree_on_shared_inputs(choices: dict[fx.Node, Lowering]) -> None:
+    """Ops that read one X_s site take it in one format: where their kernels disagree, all run masked."""
+    readers: dict[fx.Node, list[fx.Node]] = defaultdict(list)
+    for node in choices:
+        if node.kwargs.get("input_bwd") is not None:
+            readers[node.kwargs["input_bwd"]].append(node)
+    for nodes in readers.values():
+        if len({choices[node].choice.formats[1] for node in nodes}) == 1:
+            continue
+        names = ", ".join(repr(record_of(node).name) for node in nodes)
+        for node in nodes:
+            if choices[node].choice is not Kernel.MASKED:
+                choices[node] = Lowering(Kernel.MASKED, f"it shares its X_s with {names}, which need other kernels")
 
 
 class ChooseKernels(SwatPass):
@@ -46,15 +62,14 @@ class ChooseKernels(SwatPass):
         self.kernel = kernel
 
     def call(self, gm: fx.GraphModule) -> fx.GraphModule:
-        for node in gm.graph.nodes:
-            if node.op != "call_function" or node.target not in _EAGER_OPS:
-                continue
-            op = record_of(node)
-            lowering = choose_kernel(node, op, self.kernel)
+        nodes = [n for n in gm.graph.nodes if n.op == "call_function" and n.target in _EAGER_OPS]
+        choices = {node: choose_kernel(node, record_of(node), self.kernel) for node in nodes}
+        _agree_on_shared_inputs(choices)
+        for node, lowering in choices.items():
             if lowering.reason is not None and self.kernel is not Kernel.AUTO:
-                warnings.warn(f"swat_fx: layer {op.name!r} runs the masked kernel instead of "
+                warnings.warn(f"swat_fx: layer {record_of(node).name!r} runs the masked kernel instead of "
                               f"kernel={self.kernel.value!r}: {lowering.reason}", stacklevel=6)
-            kernel = Kernel(lowering.choice)
+            kernel = lowering.choice
             node.target = _EAGER_OPS[node.target]
             node.update_kwarg("kernel", kernel)
             node.meta[LOWERING_META] = lowering

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import operator
+
 import torch.fx as fx
 
 from swat_fx import ops
@@ -25,11 +27,10 @@ def _kernels_chosen(gm: fx.GraphModule) -> str | None:
 
 
 def _resolves(gm: fx.GraphModule, target: str) -> bool:
-    owner: object = gm
-    for part in target.split("."):
-        if not hasattr(owner, part):
-            return False
-        owner = getattr(owner, part)
+    try:
+        operator.attrgetter(target)(gm)
+    except AttributeError:
+        return False
     return True
 
 

@@ -1,8 +1,8 @@
 """The eager lowering: a SWAT graph becomes a PyTorch module with SWAT autograd kernels.
 
 It owns every eager storage choice: the kernel of each op and the formats its sites hand over
-(`ChooseKernels`), one X_s for ops that share an input (`ShareSparsifiedInputs`), and bit-mask ReLUs
-and index-only max-pools in front of compressed activations (`StoreActivationsCompactly`). The neutral
+(`ChooseKernels`), and bit-mask ReLUs and index-only max-pools in front of compressed activations
+(`StoreActivationsCompactly`). The neutral
 graph the module was lowered from stays in `meta[SWAT_GRAPH_META]`, and every module it names stays
 reachable, so the other backends read the same SWAT graph whatever was chosen here.
 """
@@ -15,7 +15,6 @@ import torch.fx as fx
 
 from swat_fx.backends.eager.choose_kernels import ChooseKernels
 from swat_fx.backends.eager.formats import Kernel
-from swat_fx.backends.eager.share_sparsified_inputs import ShareSparsifiedInputs
 from swat_fx.backends.eager.store_activations_compactly import StoreActivationsCompactly
 from swat_fx.contract import SWAT_GRAPH_META, record_of, weight_product_nodes
 from swat_fx.passes import PassManager
@@ -30,5 +29,5 @@ def lower(swat_gm: fx.GraphModule, kernel: str | Kernel = Kernel.AUTO) -> fx.Gra
         raise ValueError("kernel='compact' computes on whole kept filters and channels: it needs "
                          f"granularity='filter', got {', '.join(sorted(map(repr, granularities)))}")
     swat_gm.meta[SWAT_GRAPH_META] = copy.deepcopy(swat_gm.graph)
-    manager = PassManager([ChooseKernels(kernel), ShareSparsifiedInputs(), StoreActivationsCompactly()])
+    manager = PassManager([ChooseKernels(kernel), StoreActivationsCompactly()])
     return manager(swat_gm)

@@ -20,8 +20,8 @@ import torch.nn.functional as F
 from swat_fx.backends.eager import kernels
 from swat_fx.backends.eager.conditions import KERNELS_CHOSEN, NEUTRAL_GRAPH_RESOLVES
 from swat_fx.backends.eager.formats import Format
+from swat_fx.contract import site_of
 from swat_fx.passes import SwatPass
-from swat_fx.topk import TopK
 
 
 def _module(gm: fx.GraphModule, node: fx.Node) -> nn.Module | None:
@@ -38,8 +38,8 @@ def _is_relu(gm: fx.GraphModule, node: fx.Node) -> bool:
 
 def _stores_compactly(gm: fx.GraphModule, node: fx.Node) -> bool:
     """A compressed X_s site: the kernel chosen to save memory (kept units are chosen for speed)."""
-    site = _module(gm, node)
-    return isinstance(site, TopK) and site.role == "input" and node.kwargs.get("format") is Format.COMPRESSED
+    site = site_of(gm, node)
+    return site is not None and site.role == "input" and node.kwargs.get("format") is Format.COMPRESSED
 
 
 def _replace(gm: fx.GraphModule, node: fx.Node, target: object, args: tuple) -> fx.Node:

@@ -12,8 +12,7 @@ from dataclasses import dataclass
 import torch.fx as fx
 
 from swat_fx.backends.ort.topk_nodes import check_granularity
-from swat_fx.config import SwatConfig
-from swat_fx.contract import config_of, record_of, weight_product_nodes
+from swat_fx.contract import WeightProduct, record_of, weight_product_nodes
 
 SUPPORTED_SITES: frozenset[str] = frozenset({"fw_w", "bw_w", "bw_a", "bw_g"})
 
@@ -38,27 +37,28 @@ class SparseOp:
         return 1.0 - self.sparsity
 
 
-def check_supported(config: SwatConfig, training: bool) -> None:
-    """Raise a clear error for the options the ORT backend does not lower."""
-    unsupported = config.active_sites - SUPPORTED_SITES
+def check_supported(op: WeightProduct, training: bool) -> None:
+    """Raise a clear error for the options of a sparsified op the ORT backend does not lower."""
+    unsupported = op.sites - SUPPORTED_SITES
     if unsupported:
         raise ValueError(
             f"site(s) {', '.join(sorted(unsupported))} are not supported by the ONNX / ORT backend; "
             f"supported sites: {', '.join(sorted(SUPPORTED_SITES))} (algorithms swat, saw, meprop, dense)"
         )
-    if config.active_sites:
-        check_granularity(config.granularity)
-    if training and config.period != 1:
+    check_granularity(op.granularity)
+    if training and op.period != 1:
         raise ValueError(
-            f"period={config.period}: ORT training artifacts compute the exact Top-K every step; "
+            f"period={op.period}: ORT training artifacts compute the exact Top-K every step; "
             "transform the model with period=1 to export it for ORT training"
         )
 
 
 def sparse_ops(gm: fx.GraphModule, training: bool) -> list[SparseOp]:
     """The sparsified ops of the SWAT graph `gm` in graph order (dense layers are left out)."""
-    check_supported(config_of(gm), training)
     records = [record_of(node) for node in weight_product_nodes(gm)]
+    for op in records:
+        if op.sparsified:
+            check_supported(op, training)
     weights = [op.weight for op in records]
     return [
         SparseOp(

@@ -32,8 +32,8 @@ from tqdm import tqdm
 from swat_fx import models
 from swat_fx.analysis import AngleStudy, angle_study
 from swat_fx.config import GRANULARITIES, SITES, SwatConfig
+from swat_fx.csv_log import CsvLog
 from swat_fx.lab import plotting
-from swat_fx.lab.csv_log import CsvLog
 from swat_fx.lab.data import Dataset
 from swat_fx.lab.training import EpochCallback, EpochLog, TrainResult, achieved_sparsity
 from swat_fx.lab.training import train as train_loop

@@ -1,4 +1,5 @@
-"""`CsvLog`: a CSV file written row by row (training logs, experiment tables, monitor records)."""
+"""`CsvLog`: a CSV file written row by row, flushed, so an interrupted run keeps every finished row
+(the monitor's records, the lab's training logs and experiment tables). Standard library only."""
 
 from __future__ import annotations
 
