@@ -230,3 +230,38 @@ def test_passes_never_import_backends_and_backends_never_import_each_other() -> 
 def test_core_modules_never_import_the_lab() -> None:
     for path in (ROOT / "swat_fx").glob("*.py"):
         assert not any(m.startswith("swat_fx.lab") for m in _imports(path)), path
+
+
+def test_the_neutral_graph_trains_like_the_model_one_step_per_site() -> None:
+    torch.manual_seed(0)
+    model = swat_fx.transform(models.resnet18(num_classes=10, stem="cifar"), 0.7, period=2)
+    graph = swat_fx.swat_graph(model)
+    twin = copy.deepcopy(model)
+    for step in range(3):
+        x = torch.randn(2, 3, 32, 32)
+        graph(x).square().sum().backward()
+        twin(x).square().sum().backward()
+        assert {int(site.step) for _, site in swat_fx.contract.sites(model)} == {step + 1}
+    for (name, a), (_, b) in zip(model.named_parameters(), twin.named_parameters(), strict=True):
+        torch.testing.assert_close(a.grad, b.grad, rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_layers_sharing_an_activation_agree_on_its_format() -> None:
+    class Fork(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.stem = nn.Conv2d(3, 8, 3)
+            self.plain, self.grouped = nn.Conv2d(8, 4, 3), nn.Conv2d(8, 4, 3, groups=2)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            x = self.stem(x).relu()
+            return self.plain(x) + self.grouped(x)
+
+    with pytest.warns(UserWarning, match="layer 'plain' runs the masked kernel.*shares its X_s"):
+        model = swat_fx.transform(Fork(), 0.5, granularity="filter", kernel="compact")
+    infos = {i.name: i for i in swat_fx.layers(model)}
+    assert infos["plain"].kernel is infos["grouped"].kernel is Kernel.MASKED
+    assert model.get_submodule("swat.plain.x_topk") is not None
+    with pytest.raises(AttributeError):
+        model.get_submodule("swat.grouped.x_topk")  # one X_s site for both
+    model(torch.randn(2, 3, 8, 8)).sum().backward()
