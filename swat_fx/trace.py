@@ -17,10 +17,39 @@ class SwatTraceError(RuntimeError):
     """The model could not be traced symbolically by torch.fx."""
 
 
-class _SwatTracer(fx.Tracer):
+class SwatGraphModule(fx.GraphModule):
+    """The module `transform` returns: a `GraphModule` that pickles its graph as it is.
+
+    A plain `GraphModule` pickles its code and traces it again when loaded, which would lose the node
+    metadata SWAT keeps (the op records, the eager lowering's choices) and cannot trace through the
+    SWAT kernels; this one keeps everything, so `torch.save(model)`, `pickle` and multiprocessing spawn
+    give back the same model.
+    """
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        state = {k: v for k, v in self.__dict__.items() if k != "_wrapped_call"}  # rebuilt by recompile()
+        return _empty_swat_module, (), {**state, "_swat_class_name": type(self).__name__}
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> SwatGraphModule:
+        clone = super().__deepcopy__(memo)
+        type(clone).__name__ = type(self).__name__  # GraphModule's copy would be named "GraphModule"
+        return clone
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        state = dict(state)
+        type(self).__name__ = state.pop("_swat_class_name")
+        super().__setstate__(state)
+        self.recompile()
+
+
+def _empty_swat_module() -> SwatGraphModule:
+    return SwatGraphModule.__new__(SwatGraphModule)
+
+
+class SwatTracer(fx.Tracer):
     """A tracer whose leaves are the default ones plus the user's `leaf_modules` (types or names)."""
 
-    def __init__(self, leaf_modules: tuple[type[nn.Module] | str, ...]) -> None:
+    def __init__(self, leaf_modules: tuple[type[nn.Module] | str, ...] = ()) -> None:
         super().__init__()
         self.leaf_types = tuple(leaf for leaf in leaf_modules if isinstance(leaf, type))
         self.leaf_names = {leaf for leaf in leaf_modules if isinstance(leaf, str)}
@@ -55,15 +84,16 @@ def trace(
     model: nn.Module,
     leaf_modules: tuple[type[nn.Module] | str, ...] = (),
     concrete_args: Mapping[str, Any] | None = None,
-) -> fx.GraphModule:
+) -> SwatGraphModule:
     """Trace a deep copy of `model` (the caller's model is never modified). A `GraphModule` is taken as
     it is, unless `leaf_modules` or `concrete_args` ask for it to be traced again with them."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"swat_fx.transform expects a torch.nn.Module, got {type(model).__name__}")
     if isinstance(model, fx.GraphModule) and not leaf_modules and not concrete_args:
-        return copy.deepcopy(model)  # already a graph, with the tracing choices of whoever traced it
+        graph_module = copy.deepcopy(model)  # already a graph, with the tracing choices of whoever traced it
+        return SwatGraphModule(graph_module, graph_module.graph, type(model).__name__)
     root = copy.deepcopy(model)
-    tracer = _SwatTracer(leaf_modules)
+    tracer = SwatTracer(leaf_modules)
     try:
         graph = tracer.trace(root, concrete_args=dict(concrete_args) if concrete_args else None)
     except Exception as error:
@@ -76,5 +106,4 @@ def trace(
             "swat_fx.transform(model, leaf_modules=(TheModuleClass,)) or leaf_modules=('qualified.name',); "
             "or fix the value that decides the branch with concrete_args={'arg_name': value}."
         ) from error
-    name = type(model).__name__
-    return fx.GraphModule(tracer.root, graph, name)
+    return SwatGraphModule(tracer.root, graph, type(model).__name__)
