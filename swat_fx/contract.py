@@ -26,6 +26,7 @@ import torch.nn as nn
 
 from swat_fx.config import SwatConfig
 from swat_fx.topk import TopK
+from swat_fx.trace import SwatGraphModule
 
 OP_META = "swat"
 """`node.meta` key of the `WeightProduct` record of a weight-product node."""
@@ -195,7 +196,8 @@ def swat_graph(model: fx.GraphModule, caller: str = "swat_fx.swat_graph") -> fx.
     parameters, buffers and Top-K sites (no backend's storage formats or kernels in it)."""
     require_transformed(model, caller)
     graph = copy.deepcopy(model.meta[SWAT_GRAPH_META])
-    view = fx.GraphModule(model, graph, f"{type(model).__name__}SwatGraph")
+    view = SwatGraphModule(model, graph, f"{type(model).__name__}SwatGraph")
     view.training = model.training
     view.meta = {CONFIG_META: model.meta[CONFIG_META], SWAT_GRAPH_META: model.meta[SWAT_GRAPH_META]}
+    view.drive_clocks()  # its calls are training iterations of the same sites
     return view

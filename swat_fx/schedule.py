@@ -1,28 +1,46 @@
 """When a SWAT training iteration begins and ends (SPEC §3, periodic Top-K).
 
-A step of the Top-K schedule is a training iteration, not a forward call. An iteration begins with the
-first training-mode forward under autograd after the previous one ended, and ends when the backward
-pass that follows it has finished (autograd's end-of-backward callback, the hook DDP uses too). So every
-forward of one iteration uses the same thresholds: an activation-checkpoint recompute (reentrant or
-not), a second forward before the backward. A forward under `torch.no_grad()` in training mode uses
-the current iteration's thresholds (or those the next one would use) and changes no state.
-Micro-batches of a gradient-accumulation step are one iteration each, unless they run inside
-`accumulate(model)`.
+A step of the Top-K schedule is a training iteration, not a forward call:
 
-All Top-K sites of a transformed model share one `IterationClock`.
+- it begins with the first training-mode forward under autograd once the previous one has ended, and
+  every site advances its step counter there, once;
+- it ends at the next fresh forward of the model (not a recompute inside a backward) after a backward
+  reached the model's outputs, or when nothing of the iteration could be back-propagated.
+
+So an activation-checkpoint recompute (reentrant or not, any number of them), a second call of the
+model before the backward (siamese inputs, a block used twice) and a forward that never got a backward
+belong to the iteration in progress; a forward under `torch.no_grad()` in training mode uses that
+iteration's thresholds (or those the next one would use) and changes no state. Micro-batches of a
+gradient-accumulation step are one iteration each, unless they run inside `accumulate(model)`. State is
+written once per site and iteration, by the site's first call.
+
+All Top-K sites of a transformed model share one `IterationClock`, driven by the model's calls
+(`SwatGraphModule.__call__`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 import torch.nn as nn
 
-if TYPE_CHECKING:
-    from torch.utils.hooks import RemovableHandle
+
+def _inside_backward() -> bool:
+    """Whether autograd is running a backward pass on this thread (a checkpoint recompute runs there)."""
+    return torch._C._current_graph_task_id() != -1
+
+
+def _tensors(value: Any) -> list[torch.Tensor]:
+    if isinstance(value, torch.Tensor):
+        return [value]
+    if isinstance(value, dict):
+        value = list(value.values())
+    if isinstance(value, (tuple, list)):
+        return [t for v in value for t in _tensors(v)]
+    return []
 
 
 class IterationClock:
@@ -31,8 +49,9 @@ class IterationClock:
     def __init__(self) -> None:
         self.generation = 0
         self.running = False
-        self.held = False
-        self._handle: RemovableHandle | None = None
+        self.holds = 0
+        self.can_backward = False
+        self.backward_seen = False
 
     def begin(self) -> int:
         """The generation of the iteration in progress, beginning one if none is."""
@@ -41,25 +60,32 @@ class IterationClock:
             self.running = True
         return self.generation
 
-    def watch(self, t: torch.Tensor) -> None:
-        """End the iteration after the backward pass that reaches `t` (the first tensor seen that can)."""
-        if self._handle is None and t.requires_grad:
-            self._handle = t.register_hook(self._on_backward)
+    def end(self) -> None:
+        """End the iteration in progress (not while `accumulate` holds it)."""
+        if self.holds:
+            return
+        self.running = self.can_backward = self.backward_seen = False
+
+    def before_forward(self) -> None:
+        """A call of the model begins: a fresh one ends the iteration in progress once a backward has
+        reached the model's outputs, or when nothing of the iteration could be back-propagated."""
+        if self.running and not _inside_backward() and (self.backward_seen or not self.can_backward):
+            self.end()
+
+    def after_forward(self, output: Any) -> None:
+        """A call of the model returned `output`: note when a backward reaches it."""
+        if not self.running or _inside_backward() or not torch.is_grad_enabled():
+            return
+        outputs = [t for t in _tensors(output) if t.requires_grad]
+        if outputs:
+            self.can_backward = True
+            torch.autograd.graph.register_multi_grad_hook(outputs, self._on_backward, mode="any")
 
     def _on_backward(self, grad: torch.Tensor) -> None:
-        torch.autograd.Variable._execution_engine.queue_callback(self.end)
+        self.backward_seen = True
 
-    def end(self) -> None:
-        """End the iteration in progress (not while `held` by `accumulate`)."""
-        if self.held:
-            return
-        self.running = False
-        if self._handle is not None:
-            self._handle.remove()
-            self._handle = None
-
-    def __getstate__(self) -> dict[str, Any]:  # a hook handle does not survive copy or pickle
-        return {**self.__dict__, "_handle": None, "running": False}
+    def __getstate__(self) -> dict[str, Any]:  # a copy starts between iterations, held by nothing
+        return {**self.__dict__, "running": False, "holds": 0, "can_backward": False, "backward_seen": False}
 
 
 def clocks(model: nn.Module) -> list[IterationClock]:
@@ -72,13 +98,14 @@ def clocks(model: nn.Module) -> list[IterationClock]:
 @contextmanager
 def accumulate(model: nn.Module) -> Iterator[None]:
     """Every forward and backward inside is one SWAT iteration (the micro-batches of a gradient-
-    accumulation step share their thresholds and advance the schedule once)."""
+    accumulation step advance the schedule once; at a refresh each computes its exact Top-K and the
+    first one's threshold is stored). Nests."""
     held = clocks(model)
     for clock in held:
-        clock.held = True
+        clock.holds += 1
     try:
         yield
     finally:
         for clock in held:
-            clock.held = False
+            clock.holds -= 1
             clock.end()

@@ -165,7 +165,10 @@ class TopK(nn.Module):
         if refresh and store:
             stored = tau.mean(layout.batch_dims, keepdim=True) if layout.batch_dims else tau
             stored = stored.detach().flatten().clone()
-            self.threshold = stored if self.role == "weight" else average_over_ranks(stored, self.sync_thresholds)
+            if self.role != "weight":
+                stored = average_over_ranks(stored, self.sync_thresholds)
+            # an overflow must not silence the next steps: without a finite threshold the next one refreshes
+            self.threshold = stored if bool(torch.isfinite(stored).all()) else stored.new_empty(0)
         return tau, s
 
     def _sparsify_grad(self, grad: torch.Tensor, refresh: bool | None, store: bool) -> torch.Tensor:
@@ -174,19 +177,20 @@ class TopK(nn.Module):
 
     def _schedule(self, t: torch.Tensor) -> tuple[bool | None, bool]:
         """(refresh, store) for this call (see `swat_fx.schedule`). Eval mode: exact Top-K, no state.
-        Training: the first call of an iteration under autograd advances the step and decides whether
-        the iteration refreshes; every other call of the iteration does the same; a call under
-        `no_grad` computes what the iteration (or the next one) uses and writes nothing."""
+        Training: the site's first call of an iteration under autograd advances the step, decides
+        whether the iteration refreshes, and alone writes state; every other call of the iteration
+        does the same without writing; a call under `no_grad` computes what the iteration (or the next
+        one) uses and writes nothing."""
         if not self.training:
             return None, False
         in_iteration = self.clock.running and self._generation == self.clock.generation
+        if in_iteration:
+            return self._refresh, False
         if not torch.is_grad_enabled():
-            return (self._refresh if in_iteration else self._due()), False
-        if not in_iteration:
-            self._generation = self.clock.begin()
-            self._refresh = self._due()
-            self.step += 1
-        self.clock.watch(t)
+            return self._due(), False
+        self._generation = self.clock.begin()
+        self._refresh = self._due()
+        self.step += 1
         return self._refresh, True
 
     def _due(self) -> bool:
@@ -202,6 +206,7 @@ class TopK(nn.Module):
         if not any(key in state_dict for key in own):
             self.reset()
             return
+        self._generation = 0  # loaded state: the next training forward begins an iteration of its own
         threshold = state_dict.get(prefix + "threshold")
         if threshold is not None:  # its shape is only known once a batch has been seen
             self.threshold = torch.empty_like(threshold, device=self.density.device)

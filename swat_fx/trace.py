@@ -12,6 +12,8 @@ import torch
 import torch.fx as fx
 import torch.nn as nn
 
+from swat_fx.schedule import IterationClock, clocks
+
 
 class SwatTraceError(RuntimeError):
     """The model could not be traced symbolically by torch.fx."""
@@ -26,6 +28,21 @@ class SwatGraphModule(fx.GraphModule):
     give back the same model.
     """
 
+    _swat_clocks: tuple[IterationClock, ...] = ()
+    """The clocks of the sites this module's calls drive (see `swat_fx.schedule`)."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        for clock in self._swat_clocks:
+            clock.before_forward()
+        output = super().__call__(*args, **kwargs)
+        for clock in self._swat_clocks:
+            clock.after_forward(output)
+        return output
+
+    def drive_clocks(self) -> None:
+        """Let this module's calls mark the training iterations of the Top-K sites it holds."""
+        self._swat_clocks = tuple(clocks(self))
+
     def __reduce__(self) -> tuple[Any, ...]:
         state = {k: v for k, v in self.__dict__.items() if k != "_wrapped_call"}  # rebuilt by recompile()
         return _empty_swat_module, (), {**state, "_swat_class_name": type(self).__name__}
@@ -33,6 +50,8 @@ class SwatGraphModule(fx.GraphModule):
     def __deepcopy__(self, memo: dict[int, Any]) -> SwatGraphModule:
         clone = super().__deepcopy__(memo)
         type(clone).__name__ = type(self).__name__  # GraphModule's copy would be named "GraphModule"
+        if self._swat_clocks:
+            clone.drive_clocks()
         return clone
 
     def __setstate__(self, state: dict[str, Any]) -> None:

@@ -49,4 +49,5 @@ def transform(model: nn.Module, sparsity: float | None = None, *, config: SwatCo
             stacklevel=2,
         )
     gm.meta[CONFIG_META] = config
+    gm.drive_clocks()
     return gm.train(model.training)

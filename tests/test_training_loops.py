@@ -209,3 +209,98 @@ def test_non_contiguous_and_channels_last_inputs_give_the_same_gradients(layout:
     twin(odd).square().sum().backward()
     for (name, a), (_, b) in zip(model.named_parameters(), twin.named_parameters(), strict=True):
         torch.testing.assert_close(b.grad, a.grad, rtol=1e-5, atol=1e-6, msg=name)
+
+
+# ------------------------------------------------------------------- where an iteration ends, robustly
+
+
+def _steps(model: nn.Module) -> set[int]:
+    return {int(site.step) for _, site in swat_fx.contract.sites(model)}
+
+
+@pytest.mark.parametrize("algorithm", ["swat", "meprop"])
+def test_a_forward_without_backward_joins_the_next_iteration_and_the_schedule_goes_on(algorithm: str) -> None:
+    model = swat_fx.transform(_net(), 0.7, algorithm=algorithm, period=2)
+    x = torch.randn(4, 1, 8, 8)
+    model(x)  # a shape check in train mode: no backward follows
+    with pytest.raises(RuntimeError):
+        model(x[:, :, :3])  # an exception mid-forward
+    for _ in range(5):
+        model(x).sum().backward()
+    assert _steps(model) == {5}
+    assert not any(site.threshold.isinf().any() for _, site in swat_fx.contract.sites(model))
+
+
+def test_a_loss_on_one_of_several_outputs_and_frozen_sparse_layers_end_iterations() -> None:
+    class TwoHeads(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.body, self.a, self.b = nn.Linear(8, 8), nn.Linear(8, 3), nn.Linear(8, 3)
+
+        def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            h = self.body(x).relu()
+            return self.a(h), self.b(h)
+
+    heads = swat_fx.transform(TwoHeads(), 0.5, sparsify_first=True)
+    for _ in range(3):
+        heads(torch.randn(4, 8))[0].sum().backward()
+    assert _steps(heads) == {3}
+    probe = swat_fx.transform(_net(), 0.7, sparsify_last=False)  # frozen SWAT layers, a trained linear head
+    for name, p in probe.named_parameters():
+        p.requires_grad_(name.startswith("5."))
+    for _ in range(3):
+        probe(torch.randn(4, 1, 8, 8)).sum().backward()
+    assert _steps(probe) == {3}
+
+
+@pytest.mark.parametrize("use_reentrant", [False])  # reentrant: see the README (last call's threshold kept)
+def test_a_block_used_twice_with_checkpointing_changes_nothing(use_reentrant: bool) -> None:
+    torch.manual_seed(0)
+    block = swat_fx.transform(nn.Sequential(nn.Linear(6, 6), nn.ReLU(), nn.Linear(6, 6)), 0.5, period=2,
+                              granularity="chw", sparsify_first=True)
+    twin = copy.deepcopy(block)
+
+    def steps(model: nn.Module, checkpointed: bool) -> dict[str, torch.Tensor]:
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+        generator = torch.Generator().manual_seed(2)
+        for _ in range(5):
+            x = torch.randn(4, 6, generator=generator, requires_grad=True)
+            twice = (lambda t: checkpoint(model, t, use_reentrant=use_reentrant)) if checkpointed else model
+            optimizer.zero_grad()
+            twice(twice(x)).square().sum().backward()
+            optimizer.step()
+        return {k: v.clone() for k, v in model.state_dict().items()}
+
+    _assert_same_state(steps(block, True), steps(twin, False))
+    assert _steps(block) == {5}
+
+
+def test_loading_a_checkpoint_in_the_middle_of_an_iteration_resumes_exactly() -> None:
+    model = swat_fx.transform(_net(), 0.7, granularity="chw", period=3)
+    _train(model, lambda m, x: m(x), steps=2)
+    saved = {k: v.clone() for k, v in model.state_dict().items()}
+    expected = _train(copy.deepcopy(model), lambda m, x: m(x), steps=4)
+    fresh = swat_fx.transform(_net(), 0.7, granularity="chw", period=3)
+    fresh(torch.randn(2, 1, 8, 8))  # a forward before loading (a summary, a shape check)
+    fresh.load_state_dict(saved)
+    _assert_same_state(_train(fresh, lambda m, x: m(x), steps=4), expected)
+
+
+def test_an_overflow_at_a_refresh_does_not_silence_the_next_steps() -> None:
+    model = swat_fx.transform(_net(), 0.7, algorithm="meprop", period=4)
+    x = torch.randn(4, 1, 8, 8)
+    model(x).sum().mul(float("inf")).backward()  # stored gradient thresholds would be inf
+    model.zero_grad()
+    model(x).sum().backward()
+    assert all(torch.isfinite(site.threshold).all() for _, site in swat_fx.contract.sites(model))
+    assert model.get_parameter("2.weight").grad.abs().sum() > 0
+
+
+def test_accumulate_nests() -> None:
+    model = swat_fx.transform(_net(), 0.7)
+    with swat_fx.accumulate(model):
+        for _ in range(2):
+            with swat_fx.accumulate(model):
+                model(torch.randn(2, 1, 8, 8)).sum().backward()
+        model(torch.randn(2, 1, 8, 8)).sum().backward()
+    assert _steps(model) == {1}

@@ -2,8 +2,8 @@
 
     torchrun --nproc_per_node 2 -m swat_fx.lab.cli train
 
-`torchrun` sets `WORLD_SIZE`, `RANK` and the rendezvous address; `start()` joins the group (gloo on
-CPU, NCCL when CUDA is available), and the training loop wraps the model in DDP. Every rank shuffles
+`torchrun` sets `WORLD_SIZE`, `RANK` and the rendezvous address; `start()` joins the group (gloo: the
+lab trains on the CPU), and the training loop wraps the model in DDP. Every rank shuffles
 with the same seed, so a global batch is the same everywhere and each rank takes its equal slice of it.
 """
 
@@ -33,7 +33,7 @@ class Ranks:
 def start() -> Ranks:
     """Join the process group `torchrun` describes, if it describes one with several processes."""
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        dist.init_process_group("gloo")
         return Ranks(dist.get_rank(), dist.get_world_size(), joined_here=True)
     return ranks()
 

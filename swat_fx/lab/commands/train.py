@@ -44,7 +44,8 @@ def register(commands: Any) -> None:
     cli_options.add_swat_options(parser)
     parser.add_argument("--no-dense", action="store_true", help="skip the dense baseline (one run)")
     cli_options.add_output_options(parser, "one row per run and epoch (loss, accuracies, achieved sparsity)")
-    parser.add_argument("--monitor", default=None, metavar="FILE.csv",
-                        help="record the SWAT run's sites at every step (density, Top-K threshold) to this CSV")
+    parser.add_argument("--monitor", "--monitor-csv", dest="monitor", default=None, metavar="FILE.csv",
+                        help="record the SWAT run's sites at every step (density, Top-K threshold) to this CSV "
+                             "(under torchrun, write --monitor-csv: torchrun reads --monitor as its own option)")
     parser.add_argument("--angle", action="store_true", help="with --monitor: also the sparsification angle")
     parser.set_defaults(run=run, trains=True)
