@@ -33,13 +33,14 @@ def _inside_backward() -> bool:
     return torch._C._current_graph_task_id() != -1
 
 
-def _tensors(value: Any) -> list[torch.Tensor]:
+def tensors_in(value: Any) -> list[torch.Tensor]:
+    """The tensors of a model's output: a tensor, or tuples, lists and dicts of them, in order."""
     if isinstance(value, torch.Tensor):
         return [value]
     if isinstance(value, dict):
         value = list(value.values())
     if isinstance(value, (tuple, list)):
-        return [t for v in value for t in _tensors(v)]
+        return [t for v in value for t in tensors_in(v)]
     return []
 
 
@@ -76,7 +77,7 @@ class IterationClock:
         """A call of the model returned `output`: note when a backward reaches it."""
         if not self.running or _inside_backward() or not torch.is_grad_enabled():
             return
-        outputs = [t for t in _tensors(output) if t.requires_grad]
+        outputs = [t for t in tensors_in(output) if t.requires_grad]
         if outputs:
             self.can_backward = True
             torch.autograd.graph.register_multi_grad_hook(outputs, self._on_backward, mode="any")

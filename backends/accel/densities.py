@@ -15,26 +15,17 @@ import torch
 import torch.nn as nn
 
 from swat_fx.contract import site_modules
+from swat_fx.schedule import tensors_in
 from swat_fx.topk import TopK
 
 DENSITY_SOURCES: tuple[str, ...] = ("config", "achieved", "measured")
 LossFn = Callable[[Any], torch.Tensor]
 
 
-def _tensors(value: Any) -> list[torch.Tensor]:
-    if isinstance(value, torch.Tensor):
-        return [value]
-    if isinstance(value, dict):
-        value = list(value.values())
-    if isinstance(value, (tuple, list)):
-        return [t for v in value for t in _tensors(v)]
-    return []
-
-
 def half_squared_norm(output: Any) -> torch.Tensor:
     """The default measuring loss, ½‖y‖² over every output tensor: its gradient is the output itself,
     dense and without ties (a plain `sum()` gives a constant gradient that a Top-K cannot rank)."""
-    return sum(0.5 * t.float().pow(2).sum() for t in _tensors(output))
+    return sum(0.5 * t.float().pow(2).sum() for t in tensors_in(output))
 
 
 def _sites(model: nn.Module) -> dict[str, TopK]:
