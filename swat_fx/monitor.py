@@ -52,7 +52,8 @@ COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(SiteRecord))
 
 
 class Monitor:
-    """Records a `SiteRecord` per site every `every` training steps while started (a context manager)."""
+    """Records a `SiteRecord` per site every `every` training steps while started (a context manager):
+    once per training iteration, from the site's first call (not from a checkpoint recompute)."""
 
     def __init__(self, model: nn.Module, angle: bool = False, every: int = 1,
                  csv: str | os.PathLike[str] | None = None,
@@ -114,7 +115,7 @@ class Monitor:
 
     def _forward_hook(self, layer: str) -> Callable[..., None]:
         def hook(site: TopK, args: tuple[Any, ...], output: Operand | None) -> None:
-            if output is not None and site.training and (int(site.step) - 1) % self.every == 0:
+            if output is not None and site.wrote_state and (int(site.step) - 1) % self.every == 0:
                 self._record(int(site.step) - 1, layer, site, args[0], to_dense(output))
         return hook
 
@@ -132,6 +133,8 @@ class Monitor:
                 call.append((int(site.step), grad))
 
         def after(site: TopK, args: tuple[Any, ...], output: torch.Tensor) -> None:
+            if call and not site.wrote_state:  # a recompute or a second call of the iteration: recorded once
+                call.clear()
             if call:
                 step, grad = call.pop()
                 output.register_hook(lambda grad_s: self._record(step, layer, site, grad.pop(), grad_s))

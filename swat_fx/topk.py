@@ -77,6 +77,7 @@ class TopK(nn.Module):
         self.sync_thresholds = sync_thresholds
         self._generation = 0  # the clock's iteration this site last advanced in
         self._refresh = False  # whether that iteration computes the exact Top-K
+        self.wrote_state = False  # whether the last call was its iteration's first (the one that writes state)
         self.sparsity = sparsity
         self.granularity = granularity
         self.role = role
@@ -108,6 +109,7 @@ class TopK(nn.Module):
         if t.numel() == 0:  # an empty batch: nothing to rank, nothing to learn from, as in dense PyTorch
             return t
         refresh, store = self._schedule(t)
+        self.wrote_state = store
         if self.role == "grad":
             if t.requires_grad:  # a hook, not a Function: an in-place op (ReLU) may follow
                 t.register_hook(functools.partial(self._sparsify_grad, refresh=refresh, store=store))

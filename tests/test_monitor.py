@@ -117,3 +117,17 @@ def test_a_dense_model_has_nothing_to_monitor() -> None:
         swat_fx.monitor(swat_fx.transform(models.mlp(), 0.0))
     with pytest.raises(ValueError, match="every"):
         swat_fx.monitor(swat_fx.transform(models.mlp(), 0.5), every=0)
+
+
+def test_a_checkpoint_recompute_is_not_recorded_twice() -> None:
+    from torch.utils.checkpoint import checkpoint
+
+    model = swat_fx.transform(models.small_cnn(), 0.7)
+    meprop = swat_fx.transform(models.small_cnn(), 0.7, algorithm="meprop")
+    for transformed in (model, meprop):
+        with swat_fx.monitor(transformed) as steps:
+            for _ in range(2):
+                checkpoint(transformed, torch.randn(4, 1, 8, 8), use_reentrant=False).sum().backward()
+        sites = len(list(swat_fx.contract.sites(transformed)))
+        assert len(steps.records) == 2 * sites
+        assert sorted({r.step for r in steps.records}) == [0, 1]
