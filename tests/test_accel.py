@@ -412,3 +412,11 @@ def test_accelerator_rejects_bad_rates(bad: dict) -> None:
 def test_unknown_preset() -> None:
     with pytest.raises(ValueError, match="presets are: ideal, balanced, bandwidth_limited"):
         swat_fx.estimate_cost(one_linear_ir(), accelerator="tpu")
+
+
+def test_an_empty_batch_is_a_clear_error(capsys: pytest.CaptureFixture[str]) -> None:
+    model = swat_fx.transform(models.small_cnn(), 0.7)
+    with pytest.raises(ValueError, match="empty batch"):
+        swat_fx.to_accel_ir(model, torch.randn(0, 1, 8, 8))
+    assert cli(["cost", "--model", "small_cnn", "--input-shape", "0,1,8,8"]) == 2
+    assert "empty batch" in capsys.readouterr().err

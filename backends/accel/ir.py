@@ -419,6 +419,9 @@ def to_accel_ir(
     graph = swat_graph(model, "swat_fx.to_accel_ir")
     config = config_of(model)
     inputs = (example_inputs,) if isinstance(example_inputs, torch.Tensor) else tuple(example_inputs)
+    if any(isinstance(t, torch.Tensor) and t.dim() > 0 and t.shape[0] == 0 for t in inputs):
+        raise ValueError("example_inputs hold an empty batch (dim 0 is 0): the cost of a training step needs "
+                         "at least one sample")
     site = site_densities(model, densities, batches, loss_fn)
     specs = propagate(graph, inputs)
     ir = _Builder(graph, specs, site).run()
