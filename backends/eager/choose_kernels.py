@@ -2,8 +2,9 @@
 
 Every `swat_fx.ops` call becomes a call of the eager kernel with its `Kernel` (see `formats.Kernel`),
 and the `TopK` nodes feeding its backward operands get the matching `Format`. The user's choice
-applies model-wide; where it cannot (`COMPACT` needs groups=1), the op gets `MASKED`, with a warning
-and the reason kept in `node.meta[LOWERING_META]` (`swat_fx.layers` reports it).
+applies model-wide (`AUTO` picks `COMPACT` for filter granularity, else `MASKED`); where it cannot
+(`COMPACT` needs groups=1, ops sharing an X_s need one format), the op gets `MASKED`: one warning lists
+every such op, and the reason is kept in `node.meta[LOWERING_META]` (`swat_fx.layers` reports it).
 """
 
 from __future__ import annotations
@@ -65,10 +66,12 @@ class ChooseKernels(SwatPass):
         nodes = [n for n in gm.graph.nodes if n.op == "call_function" and n.target in _EAGER_OPS]
         choices = {node: choose_kernel(node, record_of(node), self.kernel) for node in nodes}
         _agree_on_shared_inputs(choices)
+        asked = "kernel='compact'" + (" (chosen by kernel='auto')" if self.kernel is Kernel.AUTO else "")
+        fallbacks = [f"layer {record_of(node).name!r} runs the masked kernel instead of {asked}: {lowering.reason}"
+                     for node, lowering in choices.items() if lowering.reason is not None]
+        if fallbacks:
+            warnings.warn("swat_fx: " + "; ".join(fallbacks), stacklevel=6)
         for node, lowering in choices.items():
-            if lowering.reason is not None and self.kernel is not Kernel.AUTO:
-                warnings.warn(f"swat_fx: layer {record_of(node).name!r} runs the masked kernel instead of "
-                              f"kernel={self.kernel.value!r}: {lowering.reason}", stacklevel=6)
             kernel = lowering.choice
             node.target = _EAGER_OPS[node.target]
             node.update_kwarg("kernel", kernel)
