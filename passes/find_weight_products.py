@@ -1,8 +1,11 @@
 """Pass: find the weight products SWAT may sparsify (SPEC §2) and record each in `node.meta`.
 
-Recognised: `nn.Conv1d/2d/3d`, `nn.Linear`, `F.conv1d/2d/3d`, `F.linear`, and `x @ W`, `x @ W.T`,
-`x @ W.t()`, `torch.matmul` with a parameter `W` as right operand. The graph itself is unchanged; each
-such node gets a `WeightProduct` (a layer called at several sites: `name@1`, `name@2`...).
+Recognised at the module, torch and ATen level (both tracers): `nn.Conv1d/2d/3d`, `nn.Linear`,
+`F.conv1d/2d/3d`, `F.linear`, `x @ W`, `x @ W.T`, `matmul`/`mm` with a parameter `W` as right
+operand, `addmm(b, x, W)` (GPT-2's `Conv1D`, W stored [in, out]) and an `einsum` that is a linear layer.
+The graph itself is unchanged; each such node gets a `WeightProduct` (a layer called at several sites:
+`name@1`, `name@2`...). Every other product with a parameter operand gets a `DenseProduct` saying why
+SWAT leaves it dense, so nothing stays dense in silence.
 """
 
 from __future__ import annotations
@@ -15,13 +18,46 @@ import torch.fx as fx
 import torch.nn as nn
 import torch.nn.functional as F
 
-from swat_fx.contract import OP_META, ConvArgs, WeightProduct
+from swat_fx.contract import DENSE_META, OP_META, ConvArgs, DenseProduct, DenseReason, WeightProduct
 from swat_fx.passes.conditions import NOT_TRANSFORMED, PRODUCTS_RECORDED
 from swat_fx.passes.pass_base import SwatPass
 
-_CONV_FUNCTIONS = {F.conv1d, F.conv2d, F.conv3d, torch.conv1d, torch.conv2d, torch.conv3d}
-_LINEAR_FUNCTIONS = {F.linear, torch._C._nn.linear}
-_MATMUL_FUNCTIONS = {operator.matmul, torch.matmul, torch.mm}
+aten = torch.ops.aten
+
+_CONV_FUNCTIONS = {
+    F.conv1d, F.conv2d, F.conv3d, torch.conv1d, torch.conv2d, torch.conv3d,
+    aten.conv1d.default, aten.conv2d.default, aten.conv3d.default,
+    aten.conv1d.padding, aten.conv2d.padding, aten.conv3d.padding,
+}
+_LINEAR_FUNCTIONS = {F.linear, torch._C._nn.linear, aten.linear.default}
+_MATMUL_FUNCTIONS = {operator.matmul, torch.matmul, torch.mm, aten.mm.default, aten.matmul.default}
+_ADDMM_FUNCTIONS = {torch.addmm, aten.addmm.default}
+_EINSUM_FUNCTIONS = {torch.einsum, aten.einsum.default}
+_OTHER_PRODUCTS = {
+    torch.bmm, aten.bmm.default, torch.baddbmm, aten.baddbmm.default, torch.addbmm, aten.addbmm.default,
+    torch.mv, aten.mv.default, torch.addmv, aten.addmv.default, torch.tensordot, aten.tensordot.default,
+    F.conv_transpose1d, F.conv_transpose2d, F.conv_transpose3d, aten.conv_transpose1d.default,
+    aten.conv_transpose2d.input, aten.conv_transpose3d.input, aten.convolution.default,
+    aten._convolution.default, F.bilinear, aten.bilinear.default,
+}
+"""Products of an activation with a parameter that SWAT recognises but does not sparsify (reported)."""
+_PRODUCTS = (_CONV_FUNCTIONS | _LINEAR_FUNCTIONS | _MATMUL_FUNCTIONS | _ADDMM_FUNCTIONS | _EINSUM_FUNCTIONS
+             | _OTHER_PRODUCTS)
+_PRODUCT_METHODS = {"matmul", "mm", "bmm", "addmm", "baddbmm", "mv", "einsum"}
+_TRANSPOSES = {aten.t.default, aten.transpose.int, aten.permute.default, aten.numpy_T.default, torch.t,
+               torch.transpose}
+_VIEWS = {
+    aten.view.default, aten.reshape.default, aten.slice.Tensor, aten.select.int, aten.split.Tensor,
+    aten.split_with_sizes.default, aten.chunk.default, aten.unflatten.int, aten.flatten.using_ints,
+    aten.contiguous.default, aten.unsqueeze.default, aten.squeeze.dim, aten.expand.default,
+    aten.to.dtype, aten._to_copy.default, aten.alias.default, aten.detach.default, operator.getitem,
+    torch.chunk, torch.split, torch.reshape, torch.flatten, torch.narrow,
+}
+"""Ops through which a product may still read a parameter (for reporting the products SWAT cannot take)."""
+_VIEW_METHODS = {"view", "reshape", "chunk", "split", "contiguous", "flatten", "unflatten", "narrow", "to",
+                 "transpose", "permute", "t", "unsqueeze", "squeeze", "expand", "float", "half", "type_as"}
+_NEVER_SPARSIFIED = (nn.Embedding, nn.EmbeddingBag, nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm,
+                     nn.LocalResponseNorm, nn.RMSNorm)
 _CONV_ARG_NAMES = ("input", "weight", "bias", "stride", "padding", "dilation", "groups")
 _CONV_DEFAULTS = {"bias": None, "stride": 1, "padding": 0, "dilation": 1, "groups": 1}
 
@@ -49,11 +85,22 @@ def _param_name(gm: fx.GraphModule, node: Any) -> str | None:
 
 
 def is_transpose(node: fx.Node) -> bool:
-    """`t.T`, `t.mT`, `t.t()` or `t.transpose(0, 1)`."""
+    """The transpose of a matrix: `t.T`, `t.mT`, `t.t()`, `t.transpose(0, 1)`, `t.permute(1, 0)`, or the
+    ATen ops they become."""
+    swapped = ({0, 1}, {0, -1}, {-2, -1}, {1, -2})
     if node.op == "call_function" and node.target is getattr:
         return node.args[1] in ("T", "mT")
-    if node.op == "call_method":
-        return node.target == "t" or (node.target == "transpose" and set(node.args[1:]) in ({0, 1}, {0, -1}))
+    if node.op == "call_method" or node.target in _TRANSPOSES:
+        name = node.target if node.op == "call_method" else getattr(node.target, "__name__", "")
+        name = name.split(".")[0]
+        dims = node.args[1:]
+        if name in ("t", "numpy_T"):
+            return True
+        if name == "transpose":
+            return len(dims) == 2 and set(dims) in swapped
+        if name == "permute":
+            order = dims[0] if len(dims) == 1 else dims
+            return list(order) in ([1, 0], [-1, -2], [-1, 0], [1, -2])
     return False
 
 
@@ -70,6 +117,13 @@ def _ntuple(value: Any, n: int) -> Any:
     if isinstance(value, str):
         return value
     return tuple(value) if isinstance(value, (tuple, list)) else (value,) * n
+
+
+def _layer_name(node: fx.Node, param: str) -> str:
+    """A functional call is named after its parameter; an ATen op (export tracer) after the module that
+    owns the weight, as its `nn.Linear`/`nn.Conv` call is named by symbolic tracing."""
+    is_aten = isinstance(node.target, torch._ops.OpOverload)
+    return param.removesuffix(".weight") if is_aten and param.endswith(".weight") else param
 
 
 def _from_module(gm: fx.GraphModule, node: fx.Node) -> Found | None:
@@ -102,27 +156,83 @@ def _from_function(gm: fx.GraphModule, node: fx.Node) -> Found | None:
         shape = tuple(gm.get_parameter(param).shape)
         operands = Operands(args["input"], args["weight"], args["bias"])
         bias = {"has_bias": args["bias"] is not None, "bias": _param_name(gm, args["bias"])}
+        name = _layer_name(node, param)
         if node.target in _LINEAR_FUNCTIONS:
-            return WeightProduct(param, "linear", param, shape, **bias), operands
+            return WeightProduct(name, "linear", param, shape, **bias), operands
         n = len(shape) - 2
         conv = ConvArgs(*(_ntuple(args[key], n) for key in ("stride", "padding", "dilation")), args["groups"])
-        return WeightProduct(param, f"conv{n}d", param, shape, conv=conv, **bias), operands
-    if node.target in _MATMUL_FUNCTIONS and len(node.args) == 2:
-        return _from_matmul(gm, *node.args)
+        return WeightProduct(name, f"conv{n}d", param, shape, conv=conv, **bias), operands
+    if node.target in _MATMUL_FUNCTIONS and len(node.args) == 2 and not node.kwargs:
+        return _from_matmul(gm, node, *node.args)
+    if node.target in _ADDMM_FUNCTIONS:
+        return _from_addmm(gm, node)
+    if node.target in _EINSUM_FUNCTIONS:
+        return _from_einsum(gm, node)
     return None
 
 
-def _from_matmul(gm: fx.GraphModule, x: Any, right: Any) -> Found | None:
-    """`x @ W.T` is linear(x, W); `x @ W` with a 2-D parameter is linear(x, W.t())."""
+def _from_matmul(gm: fx.GraphModule, node: fx.Node, x: Any, right: Any, bias: Any = None) -> Found | None:
+    """`x @ W.T` is linear(x, W); `x @ W` with a 2-D parameter (stored [in, out]) is linear(x, W.t())."""
+    has_bias = {"has_bias": bias is not None, "bias": _param_name(gm, bias)}
     source = _transposed_param(gm, right)
     if source is not None:
         shape = tuple(gm.get_parameter(source.target).shape)
-        return WeightProduct(source.target, "linear", source.target, shape), Operands(x, source, None)
+        record = WeightProduct(_layer_name(node, source.target), "linear", source.target, shape, **has_bias)
+        return record, Operands(x, source, bias)
     param = _param_name(gm, right)
     if param is not None and gm.get_parameter(param).dim() == 2:
         rows, cols = gm.get_parameter(param).shape
-        record = WeightProduct(param, "linear", param, (cols, rows), transpose_weight=True)
-        return record, Operands(x, right, None)
+        record = WeightProduct(_layer_name(node, param), "linear", param, (cols, rows), transpose_weight=True,
+                               **has_bias)
+        return record, Operands(x, right, bias)
+    return None
+
+
+def _from_addmm(gm: fx.GraphModule, node: fx.Node) -> Found | None:
+    """`addmm(b, x, W)` (GPT-2's `Conv1D`, W stored [in, out]) with a 1-D bias and unit scales."""
+    names = ("input", "mat1", "mat2", "beta", "alpha")
+    args = {"beta": 1, "alpha": 1, **dict(zip(names, node.args, strict=False)), **node.kwargs}
+    if args["beta"] != 1 or args["alpha"] != 1 or _rank(gm, args["input"]) != 1:
+        return None
+    return _from_matmul(gm, node, args["mat1"], args["mat2"], bias=args["input"])
+
+
+def _rank(gm: fx.GraphModule, value: Any) -> int | None:
+    """The number of dims of a graph value, where the graph knows it (a parameter, or export's metadata)."""
+    param = _param_name(gm, value)
+    if param is not None:
+        return gm.get_parameter(param).dim()
+    example = value.meta.get("val") if isinstance(value, fx.Node) else None
+    return example.dim() if isinstance(example, torch.Tensor) else None
+
+
+def _from_einsum(gm: fx.GraphModule, node: fx.Node) -> Found | None:
+    """An einsum that is a linear layer: `"...i,oi->...o"` (or with the weight stored `io`), the
+    activation's last dim contracted with a 2-D parameter."""
+    equation, *operands = node.args
+    if len(operands) == 1 and isinstance(operands[0], (list, tuple)):
+        operands = list(operands[0])
+    if len(operands) != 2 or not isinstance(equation, str) or "->" not in equation:
+        return None
+    inputs, output = equation.replace(" ", "").split("->")
+    subscripts = inputs.split(",")
+    if len(subscripts) != 2:
+        return None
+    for x_index in (0, 1):
+        x, w = operands[x_index], operands[1 - x_index]
+        x_sub, w_sub = subscripts[x_index], subscripts[1 - x_index]
+        param = _param_name(gm, w)
+        if param is None or len(w_sub) != 2 or gm.get_parameter(param).dim() != 2 or not x_sub:
+            continue
+        contracted = x_sub[-1]
+        kept = (set(w_sub) - {contracted}).pop() if contracted in w_sub and len(set(w_sub)) == 2 else None
+        if kept is None or kept in x_sub or output != x_sub[:-1] + kept:
+            continue
+        shape = tuple(gm.get_parameter(param).shape)
+        transposed = w_sub[0] == contracted
+        used = shape[::-1] if transposed else shape
+        record = WeightProduct(_layer_name(node, param), "linear", param, used, transpose_weight=transposed)
+        return record, Operands(x, w, None)
     return None
 
 
@@ -133,7 +243,7 @@ def describe(gm: fx.GraphModule, node: fx.Node) -> Found | None:
     if node.op == "call_function":
         return _from_function(gm, node)
     if node.op == "call_method" and node.target == "matmul" and len(node.args) == 2:
-        return _from_matmul(gm, *node.args)
+        return _from_matmul(gm, node, *node.args)
     return None
 
 
@@ -145,8 +255,76 @@ def operands_of(gm: fx.GraphModule, node: fx.Node) -> Operands:
     return found[1]
 
 
+def _read_params(gm: fx.GraphModule, node: fx.Node) -> list[str]:
+    """The >= 2-D parameters `node` reads, directly or through views and transposes."""
+    found: list[str] = []
+    stack = list(node.all_input_nodes)
+    seen: set[fx.Node] = set()
+    while stack:
+        value = stack.pop()
+        if value in seen:
+            continue
+        seen.add(value)
+        param = _param_name(gm, value)
+        if param is not None:
+            if gm.get_parameter(param).dim() >= 2 and param not in found:
+                found.append(param)
+        elif (value.op == "call_function" and (value.target in _VIEWS or value.target in _TRANSPOSES)) or (
+                value.op == "call_method" and value.target in _VIEW_METHODS):
+            stack.extend(value.all_input_nodes)
+    return found
+
+
+def _module_weights(module: nn.Module) -> list[tuple[str, tuple[int, ...]]]:
+    """The >= 2-D parameters of a module SWAT cannot enter, except those of embeddings and norms."""
+    skipped = {id(p) for m in module.modules() if isinstance(m, _NEVER_SPARSIFIED) for p in m.parameters()}
+    return [(name, tuple(p.shape)) for name, p in module.named_parameters()
+            if p.dim() >= 2 and id(p) not in skipped]
+
+
+def _target_name(target: Any) -> str:
+    return target if isinstance(target, str) else getattr(target, "__name__", repr(target))
+
+
+def unsparsifiable(gm: fx.GraphModule, node: fx.Node) -> DenseProduct | None:
+    """A `DenseProduct` for a node that multiplies an activation with a parameter SWAT cannot sparsify:
+    an unsupported product, a leaf module holding conv/linear-like weights, or an opaque function."""
+    if node.op == "call_module":
+        module = gm.get_submodule(node.target)
+        weights = _module_weights(module)
+        if not weights or isinstance(module, _NEVER_SPARSIFIED):
+            return None
+        kind = type(module).__name__
+        if type(module).__module__.startswith("torch.nn"):
+            detail = (f"symbolic tracing keeps torch.nn.{kind} whole; pass example_inputs to trace it with "
+                      "torch.export" if kind == "MultiheadAttention" else f"SWAT does not sparsify {kind}")
+            reason = DenseReason.UNSUPPORTED_OP if kind != "MultiheadAttention" else DenseReason.LEAF_MODULE
+        else:
+            reason, detail = DenseReason.LEAF_MODULE, "remove it from leaf_modules, or pass example_inputs"
+        return DenseProduct(node.target, kind, weights[0][1], reason,
+                            f"{detail} ({len(weights)} weight(s): {', '.join(n for n, _ in weights[:3])})")
+    if node.op not in ("call_function", "call_method") or node.target in _VIEWS or node.target in _TRANSPOSES:
+        return None
+    params = _read_params(gm, node)
+    if not params:
+        return None
+    shape = tuple(gm.get_parameter(params[0]).shape)
+    op = _target_name(node.target)
+    if node.target in _PRODUCTS if node.op == "call_function" else node.target in _PRODUCT_METHODS:
+        return DenseProduct(params[0], op, shape, DenseReason.UNSUPPORTED_OP,
+                            "SWAT sparsifies conv/linear-like products of a whole parameter "
+                            "(a batched, transposed-conv or sliced weight is not one)")
+    module = getattr(node.target, "__module__", None) or ""
+    if node.op == "call_function" and not module.startswith(("torch", "_operator", "builtins", "math", "swat_fx")):
+        return DenseProduct(params[0], op, shape, DenseReason.OPAQUE_FUNCTION,
+                            f"{module}.{op} is called as a whole (torch.fx.wrap); pass example_inputs to trace "
+                            "it with torch.export")
+    return None
+
+
 class FindWeightProducts(SwatPass):
-    """Record a `WeightProduct` on each weight-product node; names of repeated call sites get `@k`."""
+    """Record a `WeightProduct` on each weight-product node (names of repeated call sites get `@k`), and
+    a `DenseProduct` on each product with a parameter that SWAT cannot sparsify."""
 
     requires = (NOT_TRANSFORMED,)
     ensures = (PRODUCTS_RECORDED,)
@@ -156,6 +334,9 @@ class FindWeightProducts(SwatPass):
         for node in gm.graph.nodes:
             found = describe(gm, node)
             if found is None:
+                dense = unsparsifiable(gm, node)
+                if dense is not None:
+                    node.meta[DENSE_META] = dense
                 continue
             record = found[0]
             count = seen.get(record.name, 0)

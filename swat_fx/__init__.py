@@ -12,7 +12,7 @@ from swat_fx.monitor import Monitor, monitor  # eager: a lazy name equal to its 
 from swat_fx.passes import PassContractError
 from swat_fx.schedule import accumulate
 from swat_fx.state import dense_state_dict
-from swat_fx.trace import SwatTraceError
+from swat_fx.trace import SwatTraceError, Tracer
 from swat_fx.transform import AlreadyTransformedError, transform
 
 __all__ = [
@@ -26,6 +26,7 @@ __all__ = [
     "PassContractError",
     "SwatConfig",
     "SwatTraceError",
+    "Tracer",
     "accumulate",
     "config_of",
     "dense_state_dict",

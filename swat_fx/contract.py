@@ -30,6 +30,8 @@ from swat_fx.trace import SwatGraphModule
 
 OP_META = "swat"
 """`node.meta` key of the `WeightProduct` record of a weight-product node."""
+DENSE_META = "swat_dense"
+"""`node.meta` key of the `DenseProduct` record of a product with a parameter that SWAT cannot sparsify."""
 CONFIG_META = "swat_config"
 """`GraphModule.meta` key of the `SwatConfig` a model was transformed with."""
 SWAT_GRAPH_META = "swat_graph"
@@ -66,6 +68,37 @@ class ConvArgs:
         return dataclasses.asdict(self)
 
 
+class DenseReason(enum.Enum):
+    """Why a conv/linear-like product with a parameter operand stays dense; the value reads as a reason."""
+
+    FIRST_LAYER = "first layer (sparsify_first=False)"
+    LAST_LAYER = "last layer (sparsify_last=False)"
+    OVERRIDE = "layer_sparsity sets it to 0"
+    ERK_DENSE = "ERK gives it density 1"
+    NO_SITES = "no site is active (algorithm='dense' or sites=())"
+    LEAF_MODULE = "inside a leaf module the tracer does not enter"
+    UNSUPPORTED_OP = "an op SWAT does not sparsify"
+    OPAQUE_FUNCTION = "inside a function the tracer does not enter"
+
+    @property
+    def chosen_by_user(self) -> bool:
+        """The user's own rules (budgets, sites), as opposed to what the tracer or SWAT could not reach."""
+        return self in (DenseReason.FIRST_LAYER, DenseReason.LAST_LAYER, DenseReason.OVERRIDE,
+                        DenseReason.ERK_DENSE, DenseReason.NO_SITES)
+
+
+@dataclass(frozen=True)
+class DenseProduct:
+    """A product of an activation with a parameter that SWAT leaves dense: `name` is the parameter's
+    (or the leaf module's) qualified name, `op` what the graph calls, `detail` what to do about it."""
+
+    name: str
+    op: str
+    weight_shape: tuple[int, ...]
+    reason: DenseReason
+    detail: str = ""
+
+
 @dataclass(frozen=True)
 class WeightProduct:
     """One call site of a conv or linear whose weight is a parameter, and the SWAT plan for it.
@@ -75,7 +108,7 @@ class WeightProduct:
     ([out, in] for a linear, even when the parameter is stored [in, out]: `transpose_weight`); `bias`
     the bias parameter's name (None without a bias, or for a bias computed in the graph: `has_bias`).
     `sparsity` (None until budgeted), `sites`, `granularity` and `period` are set by `assign_budgets`;
-    a product with sparsity 0 or no site stays dense.
+    a product with sparsity 0 or no site stays dense, and `dense_reason` says which rule made it so.
     """
 
     name: str
@@ -91,6 +124,7 @@ class WeightProduct:
     sites: frozenset[str] = frozenset()
     granularity: str = "nchw"
     period: int = 1
+    dense_reason: DenseReason | None = None
 
     @property
     def layer(self) -> str:
@@ -117,6 +151,16 @@ class Lowering:
 def record_of(node: fx.Node) -> WeightProduct | None:
     record = node.meta.get(OP_META)
     return record if isinstance(record, WeightProduct) else None
+
+
+def dense_product_of(node: fx.Node) -> DenseProduct | None:
+    record = node.meta.get(DENSE_META)
+    return record if isinstance(record, DenseProduct) else None
+
+
+def dense_product_nodes(gm: fx.GraphModule) -> list[fx.Node]:
+    """The nodes that carry a `DenseProduct` (products SWAT cannot sparsify), in topological order."""
+    return [node for node in gm.graph.nodes if dense_product_of(node) is not None]
 
 
 def weight_product_nodes(gm: fx.GraphModule) -> list[fx.Node]:

@@ -1,8 +1,11 @@
-"""Tracing a user's model into a `torch.fx.GraphModule`, with errors that say how to fix it."""
+"""Tracing a user's model into a `torch.fx.GraphModule` (symbolic tracing or `torch.export`), with errors
+that say how to fix it."""
 
 from __future__ import annotations
 
 import copy
+import enum
+import inspect
 import os
 import traceback
 from collections.abc import Mapping
@@ -12,11 +15,13 @@ import torch
 import torch.fx as fx
 import torch.nn as nn
 
+from swat_fx.checkpoint_regions import CHECKPOINT_META, RegionTracker, tagging_checkpoint_regions
 from swat_fx.schedule import IterationClock, clocks
+from swat_fx.trace_export import export_trace
 
 
 class SwatTraceError(RuntimeError):
-    """The model could not be traced symbolically by torch.fx."""
+    """The model could not be traced (by torch.fx or torch.export); the message names the frame and the fix."""
 
 
 class SwatGraphModule(fx.GraphModule):
@@ -73,6 +78,13 @@ class SwatTracer(fx.Tracer):
         self.leaf_types = tuple(leaf for leaf in leaf_modules if isinstance(leaf, type))
         self.leaf_names = {leaf for leaf in leaf_modules if isinstance(leaf, str)}
         self.current_module = ""
+        self.regions = RegionTracker()
+
+    def create_node(self, *args: Any, **kwargs: Any) -> fx.Node:
+        node = super().create_node(*args, **kwargs)
+        if self.regions.current is not None:
+            node.meta[CHECKPOINT_META] = self.regions.current
+        return node
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
         return (
@@ -88,6 +100,24 @@ class SwatTracer(fx.Tracer):
         return result
 
 
+class Tracer(enum.Enum):
+    """How `transform` turns a model into a graph."""
+
+    FX = "fx"
+    """`torch.fx` symbolic tracing: no inputs needed; module-level graph (`leaf_modules`, `concrete_args`)."""
+    EXPORT = "export"
+    """`torch.export` on example inputs: ATen-level graph, for models symbolic tracing cannot follow."""
+
+    @classmethod
+    def parse(cls, value: str | Tracer) -> Tracer:
+        if isinstance(value, cls):
+            return value
+        try:
+            return cls(value)
+        except ValueError:
+            raise ValueError(f"tracer must be one of {', '.join(repr(t.value) for t in cls)}, got {value!r}") from None
+
+
 def _user_frame(error: BaseException) -> str:
     """'file:line in fn: `source`' of the innermost frame outside torch, where tracing broke."""
     torch_dir = os.path.dirname(torch.__file__)
@@ -99,30 +129,109 @@ def _user_frame(error: BaseException) -> str:
     return f"{f.filename}:{f.lineno} in {f.name}: `{(f.line or '').strip()}`"
 
 
-def trace(
+_CAUSES = (
+    (("co_varnames is too small", "*args", "**kwargs", "varargs"),
+     "its forward takes *args/**kwargs, which symbolic tracing cannot bind to graph inputs"),
+    (("slice indices must be integers", "finfo", "cannot be interpreted as an integer", "cannot be iterated",
+      "object is not iterable", "'Proxy' object", "Proxy object"),
+     "it uses a tensor's shape, dtype or length as a Python value, which symbolic tracing only has as a proxy"),
+    (("control flow", "symbolically traced variables"),
+     "a Python `if`/loop depends on a tensor or on a shape"),
+)
+
+
+def _cause(error: BaseException) -> str:
+    text = f"{type(error).__name__}: {error}"
+    for needles, cause in _CAUSES:
+        if any(needle in text for needle in needles):
+            return cause
+    return "a Python operation symbolic tracing cannot follow"
+
+
+def _none_defaults(model: nn.Module, concrete_args: Mapping[str, Any] | None) -> dict[str, Any]:
+    """`concrete_args` plus None for each forward argument that defaults to None: symbolic tracing would
+    otherwise take the `if arg is not None` branch, and the graph would fail when called without it."""
+    defaults = {
+        name: None for name, parameter in inspect.signature(model.forward).parameters.items()
+        if parameter.default is None and parameter.kind is not inspect.Parameter.KEYWORD_ONLY
+    }
+    return {**defaults, **(concrete_args or {})}
+
+
+def symbolic_trace(
     model: nn.Module,
     leaf_modules: tuple[type[nn.Module] | str, ...] = (),
     concrete_args: Mapping[str, Any] | None = None,
 ) -> SwatGraphModule:
-    """Trace a deep copy of `model` (the caller's model is never modified). A `GraphModule` is taken as
-    it is, unless `leaf_modules` or `concrete_args` ask for it to be traced again with them."""
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"swat_fx.transform expects a torch.nn.Module, got {type(model).__name__}")
+    """Trace a deep copy of `model` with `torch.fx` (the caller's model is never modified). A `GraphModule`
+    is taken as it is, unless `leaf_modules` or `concrete_args` ask for it to be traced again with them."""
     if isinstance(model, fx.GraphModule) and not leaf_modules and not concrete_args:
         graph_module = copy.deepcopy(model)  # already a graph, with the tracing choices of whoever traced it
         return SwatGraphModule(graph_module, graph_module.graph, type(model).__name__)
     root = copy.deepcopy(model)
     tracer = SwatTracer(leaf_modules)
     try:
-        graph = tracer.trace(root, concrete_args=dict(concrete_args) if concrete_args else None)
+        with tagging_checkpoint_regions(annotate_nodes=False) as tracer.regions:
+            graph = tracer.trace(root, concrete_args=_none_defaults(root, concrete_args) or None)
     except Exception as error:
         where = f"module '{tracer.current_module}'" if tracer.current_module else "the top-level forward"
         raise SwatTraceError(
             f"torch.fx could not trace {type(model).__name__}: {type(error).__name__}: {error}\n"
-            f"Tracing failed in {where}, at {_user_frame(error)}.\n"
-            "Data-dependent control flow (an `if`/loop on tensor values) cannot be traced. Either mark "
-            "that module as a leaf so it is called as a black box (its layers stay dense): "
-            "swat_fx.transform(model, leaf_modules=(TheModuleClass,)) or leaf_modules=('qualified.name',); "
-            "or fix the value that decides the branch with concrete_args={'arg_name': value}."
+            f"Tracing failed in {where}, at {_user_frame(error)}: {_cause(error)}.\n"
+            "Pass example inputs to trace it with torch.export instead, which runs the model and follows "
+            "all of these: swat_fx.transform(model, sparsity, example_inputs=(x,), example_kwargs={...}). "
+            "(With symbolic tracing, concrete_args={'arg_name': value} fixes a value that decides a branch; "
+            "leaf_modules=(TheModuleClass,) calls a module as a black box, and its layers stay dense.)"
         ) from error
     return SwatGraphModule(tracer.root, graph, type(model).__name__)
+
+
+def export(
+    model: nn.Module,
+    example_inputs: Any,
+    example_kwargs: Mapping[str, Any] | None = None,
+    dynamic_shapes: Any = None,
+) -> SwatGraphModule:
+    """Trace a deep copy of `model` with `torch.export` on the example inputs (see `trace_export`)."""
+    args = example_inputs if isinstance(example_inputs, tuple) else (example_inputs,)
+    try:
+        gm = export_trace(model, args, example_kwargs or {}, dynamic_shapes)
+    except Exception as error:
+        raise SwatTraceError(
+            f"torch.export could not trace {type(model).__name__} on the example inputs: "
+            f"{type(error).__name__}: {error}\n"
+            f"Tracing failed at {_user_frame(error)}.\n"
+            "Check that the model runs on example_inputs / example_kwargs as given (model(*example_inputs, "
+            "**example_kwargs)); for a dimension the model needs fixed, pass dynamic_shapes (see torch.export)."
+        ) from error
+    return SwatGraphModule(gm, gm.graph, type(model).__name__)
+
+
+def trace(
+    model: nn.Module,
+    tracer: str | Tracer | None = None,
+    *,
+    leaf_modules: tuple[type[nn.Module] | str, ...] = (),
+    concrete_args: Mapping[str, Any] | None = None,
+    example_inputs: Any = None,
+    example_kwargs: Mapping[str, Any] | None = None,
+    dynamic_shapes: Any = None,
+) -> SwatGraphModule:
+    """The graph of `model`: with `torch.export` when example inputs are given (or `tracer="export"`),
+    with symbolic tracing otherwise."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"swat_fx.transform expects a torch.nn.Module, got {type(model).__name__}")
+    has_inputs = example_inputs is not None or bool(example_kwargs)
+    chosen = Tracer.parse(tracer) if tracer is not None else (Tracer.EXPORT if has_inputs else Tracer.FX)
+    if chosen is Tracer.FX:
+        if has_inputs or dynamic_shapes is not None:
+            raise ValueError("example_inputs, example_kwargs and dynamic_shapes are for tracer='export'; "
+                             "symbolic tracing (tracer='fx') takes no inputs: drop them or use tracer='export'")
+        return symbolic_trace(model, leaf_modules, concrete_args)
+    if not has_inputs:
+        raise ValueError("tracer='export' runs the model on example inputs: pass example_inputs=(x, ...) "
+                         "and/or example_kwargs={...}, as you would call model(*example_inputs, **example_kwargs)")
+    if leaf_modules or concrete_args:
+        raise ValueError("leaf_modules and concrete_args are options of symbolic tracing (tracer='fx'); "
+                         "torch.export follows every module and value: drop them")
+    return export(model, () if example_inputs is None else example_inputs, example_kwargs, dynamic_shapes)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import warnings
+from collections.abc import Mapping
 from typing import Any
 
 import torch.fx as fx
@@ -13,21 +14,35 @@ from swat_fx.backends.eager.lowering import lower
 from swat_fx.config import SwatConfig
 from swat_fx.contract import CONFIG_META, config_of, is_transformed, weight_product_nodes
 from swat_fx.passes import neutral_passes
-from swat_fx.trace import trace
+from swat_fx.trace import Tracer, trace
 
 
 class AlreadyTransformedError(TypeError):
     """`transform` was given a model that `transform` returned."""
 
 
-def transform(model: nn.Module, sparsity: float | None = None, *, config: SwatConfig | None = None,
-              kernel: str | Kernel = "auto", **options: Any) -> fx.GraphModule:
+def transform(
+    model: nn.Module,
+    sparsity: float | None = None,
+    *,
+    config: SwatConfig | None = None,
+    kernel: str | Kernel = "auto",
+    example_inputs: Any = None,
+    example_kwargs: Mapping[str, Any] | None = None,
+    dynamic_shapes: Any = None,
+    tracer: str | Tracer | None = None,
+    **options: Any,
+) -> fx.GraphModule:
     """Return a copy of `model` that trains with SWAT (or SAW, meProp: see `SwatConfig`).
 
     `sparsity` and `options` are `SwatConfig` fields; `config` gives them all at once (the keyword
     arguments then override it). `kernel` is the eager backend's storage choice: "auto", "masked",
     "compressed" or "compact" (other backends read the same SWAT graph whatever it is). The input
-    model is not modified; parameters keep their names.
+    model is not modified; parameters and buffers keep their names.
+
+    Tracing: with `example_inputs` (a tuple of positional arguments) and/or `example_kwargs`, the model
+    is traced by `torch.export` on them, with the batch dimension dynamic unless `dynamic_shapes` says
+    otherwise; without, by `torch.fx` symbolic tracing. `tracer="fx"` or `"export"` forces one.
     """
     if is_transformed(model):
         raise AlreadyTransformedError(
@@ -39,7 +54,8 @@ def transform(model: nn.Module, sparsity: float | None = None, *, config: SwatCo
         options["sparsity"] = sparsity
     config = SwatConfig(**options) if config is None else config.replace(**options)
     kernel = Kernel.parse(kernel)
-    gm = trace(model, config.leaf_modules, config.concrete_args)
+    gm = trace(model, tracer, leaf_modules=config.leaf_modules, concrete_args=config.concrete_args,
+               example_inputs=example_inputs, example_kwargs=example_kwargs, dynamic_shapes=dynamic_shapes)
     gm = lower(neutral_passes(config)(gm), kernel)
     if not weight_product_nodes(gm):
         warnings.warn(
