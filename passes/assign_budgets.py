@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import torch.fx as fx
 
 from swat_fx.config import SwatConfig
-from swat_fx.contract import OP_META, WeightProduct, record_of, weight_product_nodes
+from swat_fx.contract import OP_META, DenseReason, WeightProduct, record_of, weight_product_nodes
 from swat_fx.passes.conditions import BUDGETS_ASSIGNED, PRODUCTS_RECORDED
 from swat_fx.passes.pass_base import SwatPass
 
@@ -77,12 +77,27 @@ class AssignBudgets(SwatPass):
 
     def call(self, gm: fx.GraphModule) -> fx.GraphModule:
         nodes = weight_product_nodes(gm)
-        sparsity = budgets([record_of(node) for node in nodes], self.config)
+        ops = [record_of(node) for node in nodes]
+        sparsity = budgets(ops, self.config)
         for node in nodes:
             record = record_of(node)
             s = sparsity[record.name]
+            sites = self.config.active_sites if s > 0 else frozenset()
             node.meta[OP_META] = record.replace(
-                sparsity=s, sites=self.config.active_sites if s > 0 else frozenset(),
-                granularity=self.config.granularity, period=self.config.period,
+                sparsity=s, sites=sites, granularity=self.config.granularity, period=self.config.period,
+                dense_reason=None if sites else _dense_reason(record, ops, self.config),
             )
         return gm
+
+
+def _dense_reason(op: WeightProduct, ops: list[WeightProduct], config: SwatConfig) -> DenseReason:
+    """Which of the user's rules leaves `op` dense."""
+    if not config.active_sites:
+        return DenseReason.NO_SITES
+    if op.name in config.layer_sparsity or op.name.split("@")[0] in config.layer_sparsity:
+        return DenseReason.OVERRIDE
+    if op is ops[0] and not config.sparsify_first:
+        return DenseReason.FIRST_LAYER
+    if op is ops[-1] and not config.sparsify_last:
+        return DenseReason.LAST_LAYER
+    return DenseReason.ERK_DENSE if config.distribution == "erk" else DenseReason.ZERO_SPARSITY

@@ -256,12 +256,12 @@ def operands_of(gm: fx.GraphModule, node: fx.Node) -> Operands:
 
 
 def _read_params(gm: fx.GraphModule, node: fx.Node) -> list[str]:
-    """The >= 2-D parameters `node` reads, directly or through views and transposes."""
+    """The >= 2-D parameters `node` reads, directly or through views and transposes, in argument order."""
     found: list[str] = []
-    stack = list(node.all_input_nodes)
+    queue = list(node.all_input_nodes)
     seen: set[fx.Node] = set()
-    while stack:
-        value = stack.pop()
+    while queue:
+        value = queue.pop(0)
         if value in seen:
             continue
         seen.add(value)
@@ -271,7 +271,7 @@ def _read_params(gm: fx.GraphModule, node: fx.Node) -> list[str]:
                 found.append(param)
         elif (value.op == "call_function" and (value.target in _VIEWS or value.target in _TRANSPOSES)) or (
                 value.op == "call_method" and value.target in _VIEW_METHODS):
-            stack.extend(value.all_input_nodes)
+            queue.extend(value.all_input_nodes)
     return found
 
 

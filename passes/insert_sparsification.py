@@ -7,7 +7,8 @@ Every op with sparsity > 0 and at least one site is replaced by
     y = swat_fx.ops.conv(x, weight, bias, ..., weight_fwd=..., weight_bwd=..., input_bwd=...)
     {layer}_g_s = self.swat.{layer}.g_topk(y)        # G_s in the backward, for bw_g
 
-The `TopK` modules live under the `swat` submodule, mirroring the layer's qualified name
+Every node added for an op inside a `torch.utils.checkpoint` region joins that region. The `TopK`
+modules live under the `swat` submodule, mirroring the layer's qualified name
 (`contract.site_target`), so their state is in `state_dict()`. Parameters keep their original names:
 the rewritten op reads them with `get_attr`. Nothing here is specific to a backend.
 """
@@ -20,6 +21,7 @@ import torch.fx as fx
 import torch.nn.functional as F
 
 from swat_fx import ops
+from swat_fx.checkpoint_regions import copy_region
 from swat_fx.contract import Slot, WeightProduct, record_of, site_target, weight_product_nodes
 from swat_fx.passes.conditions import BACKEND_NEUTRAL, BUDGETS_ASSIGNED, SITES_INSERTED
 from swat_fx.passes.find_weight_products import is_transpose, operands_of
@@ -48,6 +50,7 @@ def _rewrite(gm: fx.GraphModule, node: fx.Node, op: WeightProduct, **common: Any
     """Replace `node` by its SWAT form (its users read the new op, or G_s's site after it)."""
     sites = op.sites
     graph = gm.graph
+    before = set(graph.nodes)
     operands = operands_of(gm, node)
     x = operands.input
     with graph.inserting_before(node):
@@ -77,6 +80,7 @@ def _rewrite(gm: fx.GraphModule, node: fx.Node, op: WeightProduct, **common: Any
             output = _sparsify(gm, op, Slot.GRAD, result, **common)
     else:
         output = result
+    copy_region(node, *(n for n in graph.nodes if n not in before and n.op != "get_attr"))
     node.replace_all_uses_with(output)
     graph.erase_node(node)
 

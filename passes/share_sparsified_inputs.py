@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import torch.fx as fx
 
+from swat_fx.checkpoint_regions import region_of
 from swat_fx.contract import site_of
 from swat_fx.passes.conditions import BACKEND_NEUTRAL, SITES_INSERTED
 from swat_fx.passes.pass_base import Condition, SwatPass
@@ -16,11 +17,12 @@ from swat_fx.passes.pass_base import Condition, SwatPass
 
 def same_mask_key(gm: fx.GraphModule, node: fx.Node) -> tuple | None:
     """What decides a backward-only input site's X_s (None for any other node): two sites with the
-    same key compute the same X_s."""
+    same key compute the same X_s. Sites in different checkpoint regions are not shared: each region
+    recomputes its own."""
     site = site_of(gm, node)
     if site is None or site.role != "input" or site.differentiable:
         return None
-    return (node.args[0], site.sparsity, site.granularity, site.layer, site.period)
+    return (node.args[0], site.sparsity, site.granularity, site.layer, site.period, region_of(node))
 
 
 def _one_site_per_activation(gm: fx.GraphModule) -> str | None:

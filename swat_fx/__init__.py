@@ -6,7 +6,7 @@
 
 from swat_fx.backends.eager.formats import Kernel
 from swat_fx.config import ALGORITHMS, GRANULARITIES, SITES, SwatConfig
-from swat_fx.contract import config_of, is_transformed, swat_graph
+from swat_fx.contract import DenseReason, config_of, is_transformed, swat_graph
 from swat_fx.introspect import LayerInfo, format_layers, layers
 from swat_fx.monitor import Monitor, monitor  # eager: a lazy name equal to its module's is shadowed by it
 from swat_fx.passes import PassContractError
@@ -20,6 +20,7 @@ __all__ = [
     "GRANULARITIES",
     "SITES",
     "AlreadyTransformedError",
+    "DenseReason",
     "Kernel",
     "LayerInfo",
     "Monitor",

@@ -14,7 +14,6 @@ helpers read it through the names defined here and nowhere else:
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import enum
 from collections.abc import Iterator
@@ -26,7 +25,7 @@ import torch.nn as nn
 
 from swat_fx.config import SwatConfig
 from swat_fx.topk import TopK
-from swat_fx.trace import SwatGraphModule
+from swat_fx.trace import SwatGraphModule, copy_graph
 
 OP_META = "swat"
 """`node.meta` key of the `WeightProduct` record of a weight-product node."""
@@ -40,6 +39,8 @@ LOWERING_META = "swat_lowering"
 """`node.meta` key where a backend's lowering notes what it chose for an op (`Lowering`)."""
 STATE_ROOT = "swat"
 """The submodule that holds every Top-K site, mirroring the layers' qualified names."""
+REGIONS_ROOT = "swat_checkpoints"
+"""The submodule that holds the sub-graphs of a lowered model's `torch.utils.checkpoint` regions."""
 
 
 class Slot(enum.Enum):
@@ -75,6 +76,7 @@ class DenseReason(enum.Enum):
     LAST_LAYER = "last layer (sparsify_last=False)"
     OVERRIDE = "layer_sparsity sets it to 0"
     ERK_DENSE = "ERK gives it density 1"
+    ZERO_SPARSITY = "sparsity is 0"
     NO_SITES = "no site is active (algorithm='dense' or sites=())"
     LEAF_MODULE = "inside a leaf module the tracer does not enter"
     UNSUPPORTED_OP = "an op SWAT does not sparsify"
@@ -84,7 +86,7 @@ class DenseReason(enum.Enum):
     def chosen_by_user(self) -> bool:
         """The user's own rules (budgets, sites), as opposed to what the tracer or SWAT could not reach."""
         return self in (DenseReason.FIRST_LAYER, DenseReason.LAST_LAYER, DenseReason.OVERRIDE,
-                        DenseReason.ERK_DENSE, DenseReason.NO_SITES)
+                        DenseReason.ERK_DENSE, DenseReason.ZERO_SPARSITY, DenseReason.NO_SITES)
 
 
 @dataclass(frozen=True)
@@ -158,14 +160,28 @@ def dense_product_of(node: fx.Node) -> DenseProduct | None:
     return record if isinstance(record, DenseProduct) else None
 
 
+def checkpoint_regions(gm: fx.GraphModule) -> list[fx.GraphModule]:
+    """The sub-graph modules of a lowered model's checkpoint regions."""
+    regions = getattr(gm, REGIONS_ROOT, None)
+    return list(regions.children()) if isinstance(regions, nn.Module) else []
+
+
+def _all_nodes(gm: fx.GraphModule) -> Iterator[fx.Node]:
+    """The nodes of `gm`'s graph, then those of its checkpoint regions' sub-graphs (a lowered model)."""
+    yield from gm.graph.nodes
+    for region in checkpoint_regions(gm):
+        yield from region.graph.nodes
+
+
 def dense_product_nodes(gm: fx.GraphModule) -> list[fx.Node]:
-    """The nodes that carry a `DenseProduct` (products SWAT cannot sparsify), in topological order."""
-    return [node for node in gm.graph.nodes if dense_product_of(node) is not None]
+    """The nodes that carry a `DenseProduct` (products SWAT cannot sparsify)."""
+    return [node for node in _all_nodes(gm) if dense_product_of(node) is not None]
 
 
 def weight_product_nodes(gm: fx.GraphModule) -> list[fx.Node]:
-    """The nodes that carry a `WeightProduct`, in topological order."""
-    return [node for node in gm.graph.nodes if record_of(node) is not None]
+    """The nodes that carry a `WeightProduct`, in topological order (a lowered model's checkpoint
+    regions last)."""
+    return [node for node in _all_nodes(gm) if record_of(node) is not None]
 
 
 def site_target(layer: str, slot: Slot) -> str:
@@ -239,7 +255,7 @@ def swat_graph(model: fx.GraphModule, caller: str = "swat_fx.swat_graph") -> fx.
     """The backend-neutral SWAT graph of a transformed model, as a module that shares the model's
     parameters, buffers and Top-K sites (no backend's storage formats or kernels in it)."""
     require_transformed(model, caller)
-    graph = copy.deepcopy(model.meta[SWAT_GRAPH_META])
+    graph = copy_graph(model.meta[SWAT_GRAPH_META])
     view = SwatGraphModule(model, graph, f"{type(model).__name__}SwatGraph")
     view.training = model.training
     view.meta = {CONFIG_META: model.meta[CONFIG_META], SWAT_GRAPH_META: model.meta[SWAT_GRAPH_META]}

@@ -11,6 +11,8 @@ import torch.fx as fx
 from swat_fx.backends.eager.formats import Kernel
 from swat_fx.contract import (
     LOWERING_META,
+    DenseReason,
+    dense_product_of,
     record_of,
     require_transformed,
     site_of,
@@ -31,6 +33,9 @@ class LayerInfo:
     before the first one), for the tensors this layer sparsifies. `kernel` is the eager backend's
     kernel for a sparsified layer (`Kernel.DENSE` for one whose only site is meProp's G_s or fw_a's
     X_s; None for a layer left dense), and `note` says why it is not the one asked for, where it is not.
+    A layer left dense has its `dense_reason` (and `note`): one of the user's rules (first layer,
+    overrides...) or something SWAT could not reach (a leaf module, an unsupported op: then `kind` is
+    the op the graph calls and `name` the parameter or leaf module).
     """
 
     name: str
@@ -46,6 +51,7 @@ class LayerInfo:
     achieved: dict[str, float]
     kernel: Kernel | None = None
     note: str | None = None
+    dense_reason: DenseReason | None = None
 
     @property
     def sparsified(self) -> bool:
@@ -59,8 +65,9 @@ def _sites_of(model: fx.GraphModule, node: fx.Node) -> list[TopK]:
 
 
 def layers(model: fx.GraphModule, example_inputs: Sequence[torch.Tensor] | None = None) -> list[LayerInfo]:
-    """Every sparsifiable op of a `swat_fx.transform`-ed model, in graph order (dense ones included,
-    with empty `sites`). Pass `example_inputs` to fill in input and output shapes (the model's state
+    """Every conv/linear-like product with a parameter of a `swat_fx.transform`-ed model, in graph order:
+    the sparsified ones, and those left dense with empty `sites` and their `dense_reason`. Pass
+    `example_inputs` to fill in input and output shapes (the model's state
     and graph are not changed)."""
     require_transformed(model, "swat_fx.layers")
     graph = swat_graph(model)
@@ -72,8 +79,18 @@ def layers(model: fx.GraphModule, example_inputs: Sequence[torch.Tensor] | None 
         return spec.shape if isinstance(spec, TensorSpec) else None
 
     result = []
-    for node in weight_product_nodes(graph):
+    for node in graph.graph.nodes:
+        dense = dense_product_of(node)
+        if dense is not None:
+            result.append(LayerInfo(
+                name=dense.name, kind=dense.op, weight_shape=dense.weight_shape, input_shape=None,
+                output_shape=shape(node), sites=frozenset(), sparsity=0.0, weight_sparsity=0.0,
+                activation_sparsity=0.0, grad_sparsity=0.0, achieved={}, dense_reason=dense.reason,
+                note=f"{dense.reason.value}: {dense.detail}" if dense.detail else dense.reason.value,
+            ))
         op = record_of(node)
+        if op is None:
+            continue
         sites = op.sites if op.sparsified else frozenset()
         achieved = {site.role: float(site.density) for site in _sites_of(graph, node)}
 
@@ -87,7 +104,8 @@ def layers(model: fx.GraphModule, example_inputs: Sequence[torch.Tensor] | None 
             sparsity=op.sparsity if sites else 0.0, weight_sparsity=target("fw_w", "bw_w"),
             activation_sparsity=target("fw_a", "bw_a"), grad_sparsity=target("bw_g"), achieved=achieved,
             kernel=lowering.choice if lowering is not None else None,
-            note=lowering.reason if lowering is not None else None,
+            note=lowering.reason if lowering is not None else op.dense_reason and op.dense_reason.value,
+            dense_reason=op.dense_reason,
         ))
     return result
 

@@ -3,12 +3,15 @@ that say how to fix it."""
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import dataclasses
 import enum
 import inspect
 import os
 import traceback
-from collections.abc import Mapping
+import warnings
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import torch
@@ -22,6 +25,21 @@ from swat_fx.trace_export import export_trace
 
 class SwatTraceError(RuntimeError):
     """The model could not be traced (by torch.fx or torch.export); the message names the frame and the fix."""
+
+
+@contextlib.contextmanager
+def quiet_tree_spec_copies() -> Iterator[None]:
+    """Copying or unpickling an exported graph rebuilds its pytree `LeafSpec`s, and torch 2.13's
+    `LeafSpec` constructor warns (a deprecation meant for `isinstance` checks): nothing to act on."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)", category=FutureWarning)
+        yield
+
+
+def copy_graph(graph: fx.Graph) -> fx.Graph:
+    """A deep copy of a graph (its node metadata included)."""
+    with quiet_tree_spec_copies():
+        return copy.deepcopy(graph)
 
 
 class SwatGraphModule(fx.GraphModule):
@@ -50,10 +68,13 @@ class SwatGraphModule(fx.GraphModule):
 
     def __reduce__(self) -> tuple[Any, ...]:
         state = {k: v for k, v in self.__dict__.items() if k != "_wrapped_call"}  # rebuilt by recompile()
+        state["_graph"] = _PicklableGraph(self._graph)
+        state["meta"] = {k: _PicklableGraph(v) if isinstance(v, fx.Graph) else v for k, v in self.meta.items()}
         return _empty_swat_module, (), {**state, "_swat_class_name": type(self).__name__}
 
     def __deepcopy__(self, memo: dict[int, Any]) -> SwatGraphModule:
-        clone = super().__deepcopy__(memo)
+        with quiet_tree_spec_copies():
+            clone = super().__deepcopy__(memo)
         type(clone).__name__ = type(self).__name__  # GraphModule's copy would be named "GraphModule"
         if self._swat_clocks:
             clone.drive_clocks()
@@ -62,12 +83,64 @@ class SwatGraphModule(fx.GraphModule):
     def __setstate__(self, state: dict[str, Any]) -> None:
         state = dict(state)
         type(self).__name__ = state.pop("_swat_class_name")
-        super().__setstate__(state)
+        with quiet_tree_spec_copies():
+            super().__setstate__(state)
         self.recompile()
 
 
 def _empty_swat_module() -> SwatGraphModule:
     return SwatGraphModule.__new__(SwatGraphModule)
+
+
+@dataclasses.dataclass(frozen=True)
+class _OpName:
+    """An ATen op (`torch.ops` overloads do not pickle) by its qualified name, e.g. "aten::view.default"."""
+
+    qualified: str
+
+    def resolve(self) -> Any:
+        namespace, name = self.qualified.split("::")
+        packet, _, overload = name.partition(".")
+        op = getattr(getattr(torch.ops, namespace), packet)
+        return getattr(op, overload) if overload else op
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.resolve()(*args, **kwargs)
+
+
+def _aten_name(target: Any) -> Any:
+    if isinstance(target, torch._ops.OpOverload):
+        return _OpName(f"{target._schema.name}.{target._overloadname}")
+    if isinstance(target, torch._ops.OpOverloadPacket):
+        return _OpName(target._qualified_op_name)
+    return target
+
+
+def _with_targets(graph: fx.Graph, convert: Any) -> fx.Graph:
+    """A copy of `graph` with every node's target passed through `convert` (metadata copied along)."""
+    copied = fx.Graph()
+    copied.set_codegen(copy.copy(graph._codegen))  # the pytree in/out handling of an exported graph
+    env: dict[fx.Node, fx.Node] = {}
+    for node in graph.nodes:
+        env[node] = copied.create_node(node.op, convert(node.target), fx.map_arg(node.args, env.__getitem__),
+                                       fx.map_arg(node.kwargs, env.__getitem__), node.name, node.type)
+        env[node].meta = {k: v for k, v in node.meta.items() if k != "original_aten"}
+    return copied
+
+
+class _PicklableGraph:
+    """Pickles an `fx.Graph` whose nodes call `torch.ops` overloads (an export-traced graph), which
+    do not pickle: they travel by name."""
+
+    def __init__(self, graph: fx.Graph) -> None:
+        self.graph = graph
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return _resolved_graph, (_with_targets(self.graph, _aten_name),)
+
+
+def _resolved_graph(graph: fx.Graph) -> fx.Graph:
+    return _with_targets(graph, lambda target: target.resolve() if isinstance(target, _OpName) else target)
 
 
 class SwatTracer(fx.Tracer):
@@ -118,13 +191,14 @@ class Tracer(enum.Enum):
             raise ValueError(f"tracer must be one of {', '.join(repr(t.value) for t in cls)}, got {value!r}") from None
 
 
-def _user_frame(error: BaseException) -> str:
-    """'file:line in fn: `source`' of the innermost frame outside torch, where tracing broke."""
+def _user_frame(error: BaseException, model: nn.Module) -> str:
+    """'file:line in fn: `source`' of the innermost frame outside torch and swat_fx, where tracing broke
+    (the model's forward and its signature when it broke before running any of the user's code)."""
     torch_dir = os.path.dirname(torch.__file__)
     frames = [f for f in traceback.extract_tb(error.__traceback__) if not f.filename.startswith(torch_dir)]
-    frames = [f for f in frames if os.path.basename(os.path.dirname(f.filename)) != "swat_fx"] or frames
+    frames = [f for f in frames if os.path.basename(os.path.dirname(f.filename)) != "swat_fx"]
     if not frames:
-        return "an unknown location"
+        return f"{type(model).__name__}.forward{inspect.signature(model.forward)}"
     f = frames[-1]
     return f"{f.filename}:{f.lineno} in {f.name}: `{(f.line or '').strip()}`"
 
@@ -151,6 +225,8 @@ def _cause(error: BaseException) -> str:
 def _none_defaults(model: nn.Module, concrete_args: Mapping[str, Any] | None) -> dict[str, Any]:
     """`concrete_args` plus None for each forward argument that defaults to None: symbolic tracing would
     otherwise take the `if arg is not None` branch, and the graph would fail when called without it."""
+    if hasattr(model.forward, "__wrapped__"):
+        return dict(concrete_args or {})  # a decorated forward: its code's arguments are not its signature's
     defaults = {
         name: None for name, parameter in inspect.signature(model.forward).parameters.items()
         if parameter.default is None and parameter.kind is not inspect.Parameter.KEYWORD_ONLY
@@ -166,7 +242,8 @@ def symbolic_trace(
     """Trace a deep copy of `model` with `torch.fx` (the caller's model is never modified). A `GraphModule`
     is taken as it is, unless `leaf_modules` or `concrete_args` ask for it to be traced again with them."""
     if isinstance(model, fx.GraphModule) and not leaf_modules and not concrete_args:
-        graph_module = copy.deepcopy(model)  # already a graph, with the tracing choices of whoever traced it
+        with quiet_tree_spec_copies():
+            graph_module = copy.deepcopy(model)  # already a graph, with the tracing choices of whoever traced it
         return SwatGraphModule(graph_module, graph_module.graph, type(model).__name__)
     root = copy.deepcopy(model)
     tracer = SwatTracer(leaf_modules)
@@ -177,13 +254,13 @@ def symbolic_trace(
         where = f"module '{tracer.current_module}'" if tracer.current_module else "the top-level forward"
         raise SwatTraceError(
             f"torch.fx could not trace {type(model).__name__}: {type(error).__name__}: {error}\n"
-            f"Tracing failed in {where}, at {_user_frame(error)}: {_cause(error)}.\n"
+            f"Tracing failed in {where}, at {_user_frame(error, model)}: {_cause(error)}.\n"
             "Pass example inputs to trace it with torch.export instead, which runs the model and follows "
             "all of these: swat_fx.transform(model, sparsity, example_inputs=(x,), example_kwargs={...}). "
             "(With symbolic tracing, concrete_args={'arg_name': value} fixes a value that decides a branch; "
             "leaf_modules=(TheModuleClass,) calls a module as a black box, and its layers stay dense.)"
         ) from error
-    return SwatGraphModule(tracer.root, graph, type(model).__name__)
+    return _keep_buffer_persistence(model, SwatGraphModule(tracer.root, graph, type(model).__name__))
 
 
 def export(
@@ -200,11 +277,27 @@ def export(
         raise SwatTraceError(
             f"torch.export could not trace {type(model).__name__} on the example inputs: "
             f"{type(error).__name__}: {error}\n"
-            f"Tracing failed at {_user_frame(error)}.\n"
+            f"Tracing failed at {_user_frame(error, model)}.\n"
             "Check that the model runs on example_inputs / example_kwargs as given (model(*example_inputs, "
             "**example_kwargs)); for a dimension the model needs fixed, pass dynamic_shapes (see torch.export)."
         ) from error
-    return SwatGraphModule(gm, gm.graph, type(model).__name__)
+    return _keep_buffer_persistence(model, SwatGraphModule(gm, gm.graph, type(model).__name__))
+
+
+def _keep_buffer_persistence(model: nn.Module, gm: SwatGraphModule) -> SwatGraphModule:
+    """A graph module registers the buffers it reads as persistent; those the model keeps out of its
+    `state_dict` (e.g. BERT's `position_ids`) stay out, so the model's checkpoints load strict."""
+    for module_name, module in model.named_modules():
+        for buffer in module._non_persistent_buffers_set:
+            name = f"{module_name}.{buffer}" if module_name else buffer
+            owner_name, _, leaf = name.rpartition(".")
+            try:
+                owner = gm.get_submodule(owner_name)
+            except AttributeError:
+                continue
+            if leaf in owner._buffers:
+                owner._non_persistent_buffers_set.add(leaf)
+    return gm
 
 
 def trace(

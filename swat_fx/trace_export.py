@@ -72,6 +72,14 @@ def follow_training_mode(gm: fx.GraphModule) -> None:
             node.args = (node.args[0], training)
 
 
+def drop_example_values(graph: fx.Graph) -> None:
+    """Forget the fake example values `torch.export` leaves in the node metadata: the passes have read
+    them, and they hold the tracing session (they neither pickle nor mean anything at run time)."""
+    for node in graph.nodes:
+        node.meta.pop("val", None)
+        node.meta.pop("tensor_meta", None)
+
+
 def _is_batch_counter(gm: fx.GraphModule, node: fx.Node) -> bool:
     counter = node.args[0]
     return (isinstance(counter, fx.Node) and counter.op == "get_attr"
@@ -103,7 +111,7 @@ def export_trace(
         dynamic_shapes = _batch_dynamic(root, example_inputs, kwargs)
     with tagging_checkpoint_regions(annotate_nodes=True):
         program = torch.export.export(root, example_inputs, kwargs, dynamic_shapes=dynamic_shapes, strict=False)
-    gm = program.module()
+    gm = program.module(check_guards=False)  # its guard function does not pickle; ops check shapes anyway
     collect_regions(gm.graph)
     follow_training_mode(gm)
     gm.recompile()

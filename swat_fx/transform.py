@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import warnings
 from collections.abc import Mapping
 from typing import Any
@@ -12,9 +13,20 @@ import torch.nn as nn
 from swat_fx.backends.eager.formats import Kernel
 from swat_fx.backends.eager.lowering import lower
 from swat_fx.config import SwatConfig
-from swat_fx.contract import CONFIG_META, config_of, is_transformed, weight_product_nodes
+from swat_fx.contract import (
+    CONFIG_META,
+    SWAT_GRAPH_META,
+    checkpoint_regions,
+    config_of,
+    dense_product_nodes,
+    dense_product_of,
+    is_transformed,
+    record_of,
+    weight_product_nodes,
+)
 from swat_fx.passes import neutral_passes
 from swat_fx.trace import Tracer, trace
+from swat_fx.trace_export import drop_example_values
 
 
 class AlreadyTransformedError(TypeError):
@@ -57,13 +69,30 @@ def transform(
     gm = trace(model, tracer, leaf_modules=config.leaf_modules, concrete_args=config.concrete_args,
                example_inputs=example_inputs, example_kwargs=example_kwargs, dynamic_shapes=dynamic_shapes)
     gm = lower(neutral_passes(config)(gm), kernel)
-    if not weight_product_nodes(gm):
-        warnings.warn(
-            f"swat_fx found no sparsifiable op (conv/linear with a parameter weight) in "
-            f"{type(model).__name__}; the model is returned unchanged and trains densely. "
-            "If its layers are inside leaf modules, remove them from leaf_modules.",
-            stacklevel=2,
-        )
+    _warn_about_dense_products(gm, type(model).__name__)
+    for graph in (gm.graph, gm.meta[SWAT_GRAPH_META], *(region.graph for region in checkpoint_regions(gm))):
+        drop_example_values(graph)
     gm.meta[CONFIG_META] = config
     gm.drive_clocks()
     return gm.train(model.training)
+
+
+def _warn_about_dense_products(gm: fx.GraphModule, model_name: str) -> None:
+    """One warning for every product left dense for a reason other than the user's own rules."""
+    reached = [record_of(node) for node in weight_product_nodes(gm)]
+    missed = [dense_product_of(node) for node in dense_product_nodes(gm)]
+    if not reached and not missed:
+        warnings.warn(f"swat_fx found no conv/linear-like product with a parameter in {model_name}; the model "
+                      "is returned unchanged and trains densely.", stacklevel=3)
+        return
+    if not missed:
+        return
+    by_reason = collections.Counter(record.reason for record in missed)
+    reasons = "; ".join(f"{count} {reason.value}" for reason, count in by_reason.items())
+    names = ", ".join(f"{record.name} ({record.op})" for record in missed[:4]) + (", ..." if len(missed) > 4 else "")
+    warnings.warn(
+        f"swat_fx leaves {len(missed)} of the {len(missed) + len(reached)} weight products of {model_name} dense: "
+        f"{reasons}. First: {names}. swat_fx.layers(model) lists each with its reason; a model symbolic tracing "
+        "cannot enter is traced whole by torch.export: transform(model, sparsity, example_inputs=(x,)).",
+        stacklevel=3,
+    )

@@ -146,8 +146,10 @@ def test_a_graph_module_keeps_its_tracing_unless_options_ask_to_trace_it_again()
     root = nn.Sequential()
     root.block, root.head = Block(), nn.Conv2d(4, 2, 1)
     gm = fx.GraphModule(root, BlockLeaf().trace(root))  # the user made `block` a leaf
-    kept = swat_fx.transform(gm, 0.5, sparsify_first=True)
-    assert [i.name for i in swat_fx.layers(kept)] == ["head"]
+    with pytest.warns(UserWarning, match=r"leaves 1 of the 2 weight products of .* dense: 1 inside a leaf module"):
+        kept = swat_fx.transform(gm, 0.5, sparsify_first=True)
+    assert [(i.name, i.sparsified, i.dense_reason) for i in swat_fx.layers(kept)] == [
+        ("block", False, swat_fx.DenseReason.LEAF_MODULE), ("head", True, None)]
     retraced = swat_fx.transform(gm, 0.5, sparsify_first=True, leaf_modules=(nn.ReLU,))
     assert [i.name for i in swat_fx.layers(retraced)] == ["block.conv", "head"]
 

@@ -123,10 +123,15 @@ def test_leaf_modules_and_concrete_args() -> None:
         swat_fx.transform(Net(), 0.5)
     message = str(error.value)
     assert "module 'gate'" in message and "x.sum() > 0" in message
-    assert "leaf_modules" in message and "concrete_args" in message
-    by_type = swat_fx.transform(Net(), 0.5, leaf_modules=(Gate,), concrete_args={"scale": True})
-    by_name = swat_fx.transform(Net(), 0.5, leaf_modules=("gate",), concrete_args={"scale": False})
-    assert [i.name for i in swat_fx.layers(by_type)] == ["inp", "out"]
+    assert "leaf_modules" in message and "concrete_args" in message and "example_inputs" in message
+    assert "a Python `if`/loop depends on a tensor" in message
+    with pytest.warns(UserWarning, match=r"leaves 1 of the 3 weight products of Net dense: 1 inside a leaf module"):
+        by_type = swat_fx.transform(Net(), 0.5, leaf_modules=(Gate,), concrete_args={"scale": True})
+    with pytest.warns(UserWarning, match=r"gate \(Gate\)"):
+        by_name = swat_fx.transform(Net(), 0.5, leaf_modules=("gate",), concrete_args={"scale": False})
+    assert [(i.name, i.sparsified) for i in swat_fx.layers(by_type)] == [("inp", False), ("gate", False),
+                                                                        ("out", True)]
+    assert swat_fx.layers(by_type)[0].dense_reason is swat_fx.DenseReason.FIRST_LAYER
     assert "mul" not in by_name.code and "mul" in by_type.code
     by_name(torch.randn(2, 8), False).sum().backward()
 
@@ -170,7 +175,7 @@ def test_bad_period(period: object) -> None:
 
 def test_model_without_sparsifiable_op_warns_and_still_works() -> None:
     model = nn.Sequential(nn.BatchNorm1d(4), nn.ReLU())
-    with pytest.warns(UserWarning, match="no sparsifiable op"):
+    with pytest.warns(UserWarning, match="no conv/linear-like product with a parameter"):
         transformed = swat_fx.transform(model, 0.5)
     x = torch.randn(3, 4)
     model.eval()
