@@ -113,6 +113,7 @@ def export_trace(
         program = torch.export.export(root, example_inputs, kwargs, dynamic_shapes=dynamic_shapes, strict=False)
     gm = program.module(check_guards=False)  # its guard function does not pickle; ops check shapes anyway
     collect_regions(gm.graph)
+    gm.graph.eliminate_dead_code()  # what the outputs do not need (e.g. a pooler whose output is unused)
     follow_training_mode(gm)
     gm.recompile()
     return gm

@@ -425,3 +425,43 @@ def test_bad_export_inputs_are_clear_errors() -> None:
         swat_fx.transform(nn.Linear(4, 4), SPARSITY, tracer="fx", example_inputs=(torch.randn(2, 4),))
     with pytest.raises(ValueError, match=r"tracer must be one of 'fx', 'export', got 'jit'"):
         swat_fx.transform(nn.Linear(4, 4), SPARSITY, tracer="jit")
+
+
+# ------------------------------------------------------------------------------ every backend
+
+
+class BertClassifier(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.bert = _tiny("bert")[0]
+        self.head = nn.Linear(64, 5)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.head(self.bert(ids).last_hidden_state[:, 0])
+
+
+@pytest.mark.slow
+def test_every_backend_takes_an_export_traced_transformer(tmp_path: Path) -> None:
+    pytest.importorskip("onnxruntime.training")
+    import numpy as np
+
+    from swat_fx.export import load_ort_training
+
+    torch.manual_seed(0)
+    ids, labels = _ids(4, 8), torch.tensor([0, 3, 1, 4])
+    transformed = swat_fx.transform(BertClassifier(), SPARSITY, example_inputs=(ids,), sparsify_first=True)
+    artifacts = load_ort_training(swat_fx.export_ort_training(transformed, [ids], tmp_path / "ort", optimizer="sgd"))
+    artifacts.module.train()
+    loss, *_ = artifacts.module(ids.numpy(), labels.numpy())
+    expected = F.cross_entropy(transformed(ids), labels)
+    expected.backward()
+    np.testing.assert_allclose(loss, expected.item(), rtol=1e-5)
+    for name, param in transformed.named_parameters():
+        np.testing.assert_allclose(artifacts.state.parameters[name].grad, param.grad.numpy(), rtol=1e-4, atol=2e-6,
+                                   err_msg=name)
+    assert swat_fx.export_onnx(transformed, [ids], tmp_path / "model.onnx").exists()
+    report = swat_fx.estimate_cost(transformed, ids)
+    assert "bert.encoder.layer.1.attention.self.query" in str(report)
+    with swat_fx.monitor(transformed) as records:
+        F.cross_entropy(transformed(ids), labels).backward()
+    assert {r.layer for r in records.records} >= {info.name for info in swat_fx.layers(transformed)}

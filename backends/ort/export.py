@@ -95,7 +95,17 @@ def export_forward(
         if unsupported is None:
             raise
         raise unsupported from error
-    return explicit_conv_padding(_with_values_of(onnx.load_from_string(buffer.getvalue()), gm))
+    model = explicit_conv_padding(_with_values_of(onnx.load_from_string(buffer.getvalue()), gm))
+    return _layer_norm_statistics(model) if training else model
+
+
+def _layer_norm_statistics(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Give each `LayerNormalization` its optional Mean and InvStdDev outputs: ORT's gradient builder
+    reads them (and fails on a node without them, as torch.onnx exports it for transformers)."""
+    for node in model.graph.node:
+        if node.op_type == "LayerNormalization" and len(node.output) == 1:
+            node.output.extend([f"{node.output[0]}_mean", f"{node.output[0]}_inv_std_dev"])
+    return model
 
 
 def _with_values_of(model: onnx.ModelProto, gm: fx.GraphModule) -> onnx.ModelProto:
