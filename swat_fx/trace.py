@@ -281,7 +281,30 @@ def export(
             "Check that the model runs on example_inputs / example_kwargs as given (model(*example_inputs, "
             "**example_kwargs)); for a dimension the model needs fixed, pass dynamic_shapes (see torch.export)."
         ) from error
-    return _keep_buffer_persistence(model, SwatGraphModule(gm, gm.graph, type(model).__name__))
+    return _keep_tied_parameters(model, _keep_buffer_persistence(model, SwatGraphModule(gm, gm.graph,
+                                                                                         type(model).__name__)))
+
+
+def _keep_tied_parameters(model: nn.Module, gm: SwatGraphModule) -> SwatGraphModule:
+    """torch.export keeps one name of a parameter the model ties under several (GPT-2's `lm_head.weight`
+    is `transformer.wte.weight`); the others come back as aliases, so the model's checkpoints load strict."""
+    names_of: dict[int, list[str]] = {}
+    for name, param in model.named_parameters(remove_duplicate=False):
+        names_of.setdefault(id(param), []).append(name)
+    present = dict(gm.named_parameters(remove_duplicate=False))
+    for names in names_of.values():
+        kept = next((name for name in names if name in present), None)
+        for name in names if kept is not None else ():
+            if name in present:
+                continue
+            owner: nn.Module = gm
+            *path, leaf = name.split(".")
+            for part in path:
+                if not hasattr(owner, part):
+                    owner.add_module(part, nn.Module())
+                owner = getattr(owner, part)
+            owner.register_parameter(leaf, present[kept])
+    return gm
 
 
 def _keep_buffer_persistence(model: nn.Module, gm: SwatGraphModule) -> SwatGraphModule:

@@ -8,6 +8,7 @@ Gradients are compared with `reference_models.reference_model`, which computes e
 from __future__ import annotations
 
 import copy
+import itertools
 import pickle
 import subprocess
 import sys
@@ -85,7 +86,8 @@ def _loss(output: object) -> torch.Tensor:
 
 
 def _grads(model: nn.Module) -> dict[str, torch.Tensor]:
-    return {name: p.grad for name, p in model.named_parameters() if p.grad is not None}
+    """Every parameter's gradient under each of its names (a tied weight has several)."""
+    return {name: p.grad for name, p in model.named_parameters(remove_duplicate=False) if p.grad is not None}
 
 
 def _check_against_reference(model: nn.Module, transformed: nn.Module, args: tuple, kwargs: dict,
@@ -117,8 +119,10 @@ def test_tiny_transformers_sparsify_every_product_and_match_the_reference(name: 
     # a training step with an optimizer; the parameters keep their names, a checkpoint loads strict
     optimizer = torch.optim.AdamW(transformed.parameters(), lr=1e-3)
     optimizer.step()
-    assert {n for n, _ in transformed.named_parameters()} == {n for n, _ in model.named_parameters()}
+    assert ({n for n, _ in transformed.named_parameters(remove_duplicate=False)}
+            == {n for n, _ in model.named_parameters(remove_duplicate=False)})
     transformed.load_state_dict(model.state_dict())
+    model.load_state_dict(swat_fx.dense_state_dict(transformed.state_dict()))  # tied weights included
 
 
 def test_layer_names_follow_the_modules_and_the_code_is_readable() -> None:
@@ -465,3 +469,44 @@ def test_every_backend_takes_an_export_traced_transformer(tmp_path: Path) -> Non
     with swat_fx.monitor(transformed) as records:
         F.cross_entropy(transformed(ids), labels).backward()
     assert {r.layer for r in records.records} >= {info.name for info in swat_fx.layers(transformed)}
+
+
+# ------------------------------------------------------------------------------ sites and granularities
+
+
+class ConvLinear(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 6, 3, stride=2, padding=1, groups=1)
+        self.fc = nn.Linear(6 * 4 * 4, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.relu(self.conv(x)).flatten(1))
+
+
+def _check_sites(sites: frozenset[str] | str, granularity: str) -> None:
+    torch.manual_seed(0)
+    model = ConvLinear().double()
+    x = torch.randn(3, 3, 8, 8, dtype=torch.float64)
+    options = {"algorithm": sites} if isinstance(sites, str) else {"sites": sites}
+    transformed = swat_fx.transform(model, SPARSITY, example_inputs=(x,), sparsify_first=True,
+                                    granularity=granularity, **options)
+    reference = reference_model(model, sites, 1 - SPARSITY, granularity)
+    _loss(transformed(x)).backward()
+    _loss(reference(x)).backward()
+    for name, grad in _grads(reference).items():
+        torch.testing.assert_close(_grads(transformed)[name], grad, rtol=1e-9, atol=1e-9, msg=name)
+
+
+@pytest.mark.parametrize("granularity", ["nchw", "chw", "hw", "kernel", "filter"])
+@pytest.mark.parametrize("algorithm", ["swat", "saw", "meprop", "dense"])
+def test_export_traced_models_match_the_reference_for_every_algorithm_and_granularity(
+        algorithm: str, granularity: str) -> None:
+    _check_sites(algorithm, granularity)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sites", [frozenset(c) for n in range(1, 6)
+                                   for c in itertools.combinations(("fw_w", "fw_a", "bw_w", "bw_a", "bw_g"), n)])
+def test_export_traced_models_match_the_reference_for_every_site_combination(sites: frozenset[str]) -> None:
+    _check_sites(sites, "nchw")
