@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 import torch
 
+from swat_fx import radix_select
+
 
 @dataclass(frozen=True)
 class MaskLayout:
@@ -74,63 +76,29 @@ def keep_mask(s: torch.Tensor, tau: torch.Tensor) -> torch.Tensor:
     return ~(s < tau)
 
 
-_SAMPLE = 16384  # entries per group sampled to bracket the threshold
-_SAMPLE_SIGMAS = 5.0  # bracket half-width, in standard deviations of the sampled rank
-
-
-def _kth_largest_by_bracketing(groups: torch.Tensor, k: int) -> torch.Tensor | None:
-    """Exact k-th largest of each row of a large [G, n] tensor, in a few linear passes.
-
-    A strided sample brackets the threshold between two sample order statistics; counting the
-    entries above the bracket tells which rank to select among the few entries inside it. Returns
-    None when a bracket misses (the caller then selects over the whole row), so the result is
-    always exact.
-    """
-    rows, n = groups.shape
-    sample = groups[:, :: n // _SAMPLE][:, :_SAMPLE].sort(dim=1, descending=True).values
-    m = sample.shape[1]
-    margin = _SAMPLE_SIGMAS * math.sqrt(m * (k / n) * (1 - k / n)) + 2
-    upper = sample[:, max(0, int(m * k / n - margin)), None]
-    lower = sample[:, min(m - 1, math.ceil(m * k / n + margin)), None]
-    above = torch.count_nonzero(groups > upper, dim=1)
-    in_band = (groups >= lower) & (groups <= upper)
-    band_sizes = torch.count_nonzero(in_band, dim=1)
-    rank = k - above  # rank of the threshold among the band entries, largest first
-    if not bool(((rank >= 1) & (rank <= band_sizes)).all()):
-        return None
-    result = torch.empty(rows, dtype=groups.dtype, device=groups.device)
-    for row in range(rows):
-        if bool(lower[row] == upper[row]):  # ties: the band is a single value
-            result[row] = lower[row, 0]
-            continue
-        band = groups[row][in_band[row]]
-        result[row] = band.kthvalue(int(band_sizes[row]) - int(rank[row]) + 1).values
-    return result
-
-
-def kth_largest(groups: torch.Tensor, k: int) -> torch.Tensor:
-    """The k-th largest value of each row of [G, n], by selection (never a full sort)."""
+def kth_largest_magnitude(groups: torch.Tensor, k: int) -> torch.Tensor:
+    """The k-th largest |v| of each row of [G, n] (NaN ranks as +inf), by selection, never a sort: a
+    radix select at memory speed for large CPU rows (`radix_select`), `torch.kthvalue` otherwise."""
     n = groups.shape[1]
-    if n >= 8 * _SAMPLE and groups.shape[0] <= 256:
-        result = _kth_largest_by_bracketing(groups, k)
-        if result is not None:
-            return result
-    return groups.kthvalue(n - k + 1, dim=1).values
+    if n >= radix_select.MIN_GROUP and radix_select.available(groups):
+        return radix_select.kth_largest_magnitude(groups, k)
+    magnitudes = torch.nan_to_num(groups.detach().abs(), nan=math.inf, posinf=math.inf)
+    return magnitudes.kthvalue(n - k + 1, dim=1).values
 
 
-def group_thresholds(s: torch.Tensor, group_dims: tuple[int, ...], density: float) -> torch.Tensor:
-    """The k-th largest score of each group, with group dims kept as 1 (NaN ranks as +inf)."""
-    kept = [d for d in range(s.dim()) if d not in group_dims]
-    groups = s.permute(*kept, *group_dims).reshape(math.prod(s.shape[d] for d in kept), -1)
-    groups = torch.nan_to_num(groups, nan=math.inf)
-    tau = kth_largest(groups, keep_count(density, groups.shape[1]))
-    return tau.reshape([1 if d in group_dims else s.shape[d] for d in range(s.dim())])
+def group_thresholds(values: torch.Tensor, group_dims: tuple[int, ...], density: float) -> torch.Tensor:
+    """The k-th largest magnitude of each group of `values` (a tensor, or its structured scores), with
+    group dims kept as 1 (NaN ranks as +inf)."""
+    kept = [d for d in range(values.dim()) if d not in group_dims]
+    groups = values.permute(*kept, *group_dims).reshape(math.prod(values.shape[d] for d in kept), -1)
+    tau = kth_largest_magnitude(groups, keep_count(density, groups.shape[1]))
+    return tau.reshape([1 if d in group_dims else values.shape[d] for d in range(values.dim())])
 
 
 def topk_mask(t: torch.Tensor, density: float, layout: MaskLayout) -> torch.Tensor:
     """The exact Top-K mask of `t` (bool, broadcastable to `t`): |v| >= the group's k-th largest."""
     s = scores(t, layout)
-    return keep_mask(s, group_thresholds(s, layout.group_dims, density))
+    return keep_mask(s, group_thresholds(s if layout.score_dims else t, layout.group_dims, density))
 
 
 def apply_mask(t: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
@@ -139,7 +107,6 @@ def apply_mask(t: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
 
 
 def apply_threshold(t: torch.Tensor, tau: torch.Tensor) -> torch.Tensor:
-    """`t` with |v| < tau set to zero, for one scalar threshold: a single fused pass (hardshrink keeps
-    |v| > λ, and λ is the float just below tau, so |v| >= tau is kept; NaN passes through)."""
-    below = torch.nextafter(tau.reshape(()), torch.tensor(-math.inf, dtype=tau.dtype, device=tau.device))
-    return torch.nn.functional.hardshrink(t, float(below))
+    """`t` with |v| < tau set to zero, for a threshold tensor broadcastable to `t`, without reading it on
+    the host: a NaN compares as not kept but survives the product (NaN · 0 is NaN), an inf is kept."""
+    return t * (t.abs() >= tau)

@@ -86,6 +86,7 @@ class TopK(nn.Module):
         self.differentiable = differentiable
         self.backward_only = backward_only
         self.register_buffer("step", torch.zeros((), dtype=torch.int64))
+        self._steps = 0  # `step` on the host: the refresh decision never reads the device
         self.register_buffer("threshold", torch.empty(0))
         self.register_buffer("density", torch.ones(()))
 
@@ -122,8 +123,8 @@ class TopK(nn.Module):
             with torch.set_grad_enabled(self.differentiable and torch.is_grad_enabled()):
                 out = apply_threshold(t, tau)
             if store:  # with tau > 0 the kept entries are exactly the non-zero ones
-                kept = torch.count_nonzero(out != 0) / out.numel() if float(tau) > 0 else 1.0
-                self.density.fill_(kept)
+                kept = torch.count_nonzero(out) / out.numel()
+                self.density.copy_(torch.where(tau.reshape(()) > 0, kept, torch.ones_like(kept)))
             return out
         keep = self._keep(t, layout, tau, s, record=store)
         if format is not None:
@@ -162,15 +163,16 @@ class TopK(nn.Module):
         if refresh is False:
             reduced = {*layout.score_dims, *layout.group_dims, *layout.batch_dims}
             return self.threshold.view([1 if d in reduced else n for d, n in enumerate(t.shape)]), None
-        s = scores(t, layout)
-        tau = group_thresholds(s, layout.group_dims, self.target_density)
+        s = scores(t, layout) if layout.score_dims else None  # unstructured: selected from t itself
+        tau = group_thresholds(t if s is None else s, layout.group_dims, self.target_density)
         if refresh and store:
             stored = tau.mean(layout.batch_dims, keepdim=True) if layout.batch_dims else tau
             stored = stored.detach().flatten().clone()
             if self.role != "weight":
                 stored = average_over_ranks(stored, self.sync_thresholds)
-            # an overflow must not silence the next steps: without a finite threshold the next one refreshes
-            self.threshold = stored if bool(torch.isfinite(stored).all()) else stored.new_empty(0)
+            # an overflow must not silence the next steps: a group without a finite threshold keeps
+            # everything until the next refresh (decided on the device, with no host read)
+            self.threshold = torch.where(torch.isfinite(stored), stored, torch.zeros_like(stored))
         return tau, s
 
     def _sparsify_grad(self, grad: torch.Tensor, refresh: bool | None, store: bool) -> torch.Tensor:
@@ -193,11 +195,12 @@ class TopK(nn.Module):
         self._generation = self.clock.begin()
         self._refresh = self._due()
         self.step += 1
+        self._steps += 1
         return self._refresh, True
 
     def _due(self) -> bool:
         """Whether the next iteration computes the exact Top-K."""
-        return int(self.step) % self.period == 0 or self.threshold.numel() == 0
+        return self._steps % self.period == 0 or self.threshold.numel() == 0
 
     def _load_from_state_dict(
         self, state_dict: dict[str, Any], prefix: str, local_metadata: Any, strict: bool,
@@ -215,10 +218,12 @@ class TopK(nn.Module):
         super()._load_from_state_dict(
             state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
         )
+        self._steps = int(self.step)
 
     def reset(self) -> None:
         """Forget the stored threshold: the next training step computes an exact Top-K."""
         self.step.zero_()
+        self._steps = 0
         self.threshold = self.threshold.new_empty(0)
         self.density.fill_(1.0)
         self._generation = 0

@@ -100,18 +100,31 @@ def test_inf_is_kept_like_nan() -> None:
     assert keep[0, 0] and keep[1, 1]
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
 @pytest.mark.parametrize("density", [0.001, 0.1, 0.3, 0.5, 0.8, 0.999])
-@pytest.mark.parametrize("data", ["normal", "relu", "few_values"])
-def test_large_tensors_select_the_exact_threshold(data: str, density: float) -> None:
-    """The fast selection path (large groups) agrees with a full sort, also with many ties."""
-    from swat_fx.masks import kth_largest
+@pytest.mark.parametrize("data", ["normal", "relu", "few_values", "non_finite"])
+def test_large_tensors_select_the_exact_threshold(data: str, density: float, dtype: torch.dtype) -> None:
+    """The radix select (large groups) agrees with a full sort of the magnitudes (NaN as +inf), also
+    with many ties, negative values and infinities, and so does `torch.kthvalue` (the other path)."""
+    from swat_fx import radix_select
+    from swat_fx.masks import kth_largest_magnitude
 
     torch.manual_seed(8)
     t = torch.randn(2, 300_000)
     if data == "relu":
         t = t.relu()  # half of the entries tie at zero
     elif data == "few_values":
-        t = torch.randint(0, 5, t.shape).float()
+        t = torch.randint(-4, 5, t.shape).float()
+    elif data == "non_finite":
+        t[:, :100] = float("nan")
+        t[:, 100:200] = float("-inf")
+        t[0, 200:250] = float("inf")
+    t = t.to(dtype)
     k = keep_count(density, t.shape[1])
-    expected = t.sort(dim=1, descending=True).values[:, k - 1]
-    assert torch.equal(kth_largest(t, k), expected)
+    magnitudes = torch.where(t.isnan(), torch.full_like(t, float("inf")), t.abs())
+    expected = magnitudes.float().sort(dim=1, descending=True).values[:, k - 1].to(dtype)
+    assert radix_select.available(t)
+    assert torch.equal(kth_largest_magnitude(t, k), expected)
+    assert torch.equal(kth_largest_magnitude(t[:, :1000], min(k, 1000)),  # below radix_select.MIN_GROUP
+                       magnitudes[:, :1000].float().sort(dim=1, descending=True).values[:, min(k, 1000) - 1]
+                       .to(dtype))

@@ -1,0 +1,64 @@
+"""Exact k-th largest magnitude at memory speed on CPU: a radix select over the float bit patterns.
+
+For a non-negative float, the order of the values is the order of their bit patterns as integers, so
+|v| is `bits & ~sign`, and the k-th largest is found 16 bits at a time: a histogram of the top digit
+over the whole row, the digit where the running count from the top reaches k, then the next digit
+among the entries sharing that prefix (two passes for float32, four for float64, one for 16-bit
+floats). It reads the values as they are (no |v| temporary, no copy, no sort), in parallel, and never
+reads a device value on the host. NaN counts as +inf, as everywhere in SWAT.
+
+Compiled with numba (loaded on first use, so `import swat_fx` stays light); `available()` says whether
+it can run. `torch.kthvalue` gives the same values elsewhere (CUDA, or without numba).
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import numpy as np
+import torch
+
+_DIGIT = 16  # the digit width of `radix_kernels`
+_LAYOUT = {  # dtype: (integer view, bits, sign-cleared mask, bit pattern of +inf)
+    torch.float32: (torch.int32, 32, 0x7FFFFFFF, 0x7F800000),
+    torch.float64: (torch.int64, 64, 0x7FFFFFFFFFFFFFFF, 0x7FF0000000000000),
+    torch.float16: (torch.int16, 16, 0x7FFF, 0x7C00),
+    torch.bfloat16: (torch.int16, 16, 0x7FFF, 0x7F80),
+}
+MIN_GROUP = 1 << 16
+"""Smaller groups are left to `torch.kthvalue`, which is as fast there."""
+
+
+@functools.cache
+def _kernels() -> Any:
+    """The compiled kernels module (None without numba); numba compiles them on first use."""
+    try:
+        from swat_fx import radix_kernels
+    except ImportError:
+        return None
+    return radix_kernels
+
+
+def available(t: torch.Tensor) -> bool:
+    """Whether `kth_largest_magnitude` runs for `t` (a CPU float tensor, numba installed)."""
+    return t.device.type == "cpu" and t.dtype in _LAYOUT and _kernels() is not None
+
+
+def kth_largest_magnitude(groups: torch.Tensor, k: int) -> torch.Tensor:
+    """The k-th largest |v| of each row of a [G, n] tensor (NaN as +inf), exactly; shape [G], `groups`'
+    dtype. Needs `available(groups)`."""
+    kernels = _kernels()
+    view, width, abs_mask, inf_bits = _LAYOUT[groups.dtype]
+    bits = groups.detach().contiguous().view(view).numpy()
+    rows = bits.shape[0]
+    tasks_per_row = max(1, 4 * torch.get_num_threads() // rows)
+    prefixes = np.zeros(rows, np.int64)
+    ranks = np.full(rows, k, np.int64)
+    for shift in range(width - _DIGIT, -1, -_DIGIT):
+        prefix_shift = shift + _DIGIT if shift + _DIGIT < width else 63
+        histograms = kernels.digit_histograms(bits, tasks_per_row, shift, prefix_shift, prefixes, abs_mask, inf_bits)
+        digits, ranks = kernels.pick_digits(histograms, ranks)
+        prefixes = (prefixes << _DIGIT) | digits
+    integer = torch.from_numpy(prefixes).to(view)
+    return integer.view(groups.dtype)
