@@ -31,6 +31,7 @@ import torch.nn.functional as F
 import swat_fx
 from swat_fx import masks, models
 from swat_fx.memory import saved_tensor_bytes
+from swat_fx.syncs import HostSyncCounter
 
 
 @dataclass
@@ -42,6 +43,8 @@ class Row:
     time_ratio: float
     saved_mb: float
     memory_ratio: float
+    syncs: str = "0 / 0"
+    """Host synchronisations in one step: at a refresh / between refreshes."""
 
 
 VARIANTS = {  # name: (transform options, period, naive top-k)
@@ -89,9 +92,22 @@ def step_time(model: nn.Module, x: torch.Tensor, y: torch.Tensor, period: int, s
     refresh = []
     for _ in range(max(1, steps // 2)):
         for site in sites:  # make the next step a refresh step
-            site.step.zero_()
+            site.reset()
         refresh.append(_step(model, optimizer, x, y))
     return (statistics.median(refresh) + (period - 1) * statistics.median(times)) / period
+
+
+def host_syncs(model: nn.Module, x: torch.Tensor, y: torch.Tensor, period: int) -> str:
+    """Host synchronisations of a refresh step and of the step after it ("refresh / between")."""
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-3)
+    for _, site in swat_fx.contract.site_modules(model):
+        site.reset()
+    counts = []
+    for _ in range(2 if period > 1 else 1):
+        with HostSyncCounter() as counter:
+            _step(model, optimizer, x, y)
+        counts.append(counter.count)
+    return " / ".join(map(str, counts if period > 1 else counts * 2))
 
 
 def run(quick: bool) -> list[Row]:
@@ -115,9 +131,10 @@ def run(quick: bool) -> list[Row]:
                 model = swat_fx.transform(net, sparsity, period=period, **options)
                 with _topk_implementation(naive):
                     seconds = step_time(model, x, y, period, steps, warmup)
+                    syncs = host_syncs(model, x, y, period)
                     held = saved_tensor_bytes(model, x)
                 rows.append(Row(name, variant, sparsity, seconds * 1e3, seconds / dense_time,
-                                held / 2**20, held / dense_bytes))
+                                held / 2**20, held / dense_bytes, syncs))
                 del model
                 gc.collect()  # a GraphModule and its graph reference each other: free it before the next
                 print(_format([rows[-1]], header=False), flush=True)
@@ -127,12 +144,13 @@ def run(quick: bool) -> list[Row]:
 def _format(rows: list[Row], header: bool = True) -> str:
     lines = []
     if header:
-        lines += ["| model | variant | sparsity | step ms | time vs dense | saved MiB | memory vs dense |",
-                  "|---|---|---|---|---|---|---|"]
+        lines += ["| model | variant | sparsity | step ms | time vs dense | saved MiB | memory vs dense | "
+                  "host syncs (refresh / between) |",
+                  "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         sparsity = "-" if r.sparsity is None else f"{r.sparsity:.1f}"
         lines.append(f"| {r.model} | {r.variant} | {sparsity} | {r.step_ms:.0f} | {r.time_ratio:.2f}× | "
-                     f"{r.saved_mb:.1f} | {r.memory_ratio:.2f}× |")
+                     f"{r.saved_mb:.1f} | {r.memory_ratio:.2f}× | {r.syncs} |")
     return "\n".join(lines)
 
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-from swat_fx import radix_select
+from swat_fx import selection
 
 
 @dataclass(frozen=True)
@@ -78,10 +78,10 @@ def keep_mask(s: torch.Tensor, tau: torch.Tensor) -> torch.Tensor:
 
 def kth_largest_magnitude(groups: torch.Tensor, k: int) -> torch.Tensor:
     """The k-th largest |v| of each row of [G, n] (NaN ranks as +inf), by selection, never a sort: a
-    radix select at memory speed for large CPU rows (`radix_select`), `torch.kthvalue` otherwise."""
+    radix select at memory speed for large CPU rows (`selection`), `torch.kthvalue` otherwise."""
     n = groups.shape[1]
-    if n >= radix_select.MIN_GROUP and radix_select.available(groups):
-        return radix_select.kth_largest_magnitude(groups, k)
+    if n >= selection.MIN_GROUP and selection.available(groups):
+        return selection.kth_largest_magnitude(groups, k)
     magnitudes = torch.nan_to_num(groups.detach().abs(), nan=math.inf, posinf=math.inf)
     return magnitudes.kthvalue(n - k + 1, dim=1).values
 
@@ -108,5 +108,8 @@ def apply_mask(t: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
 
 def apply_threshold(t: torch.Tensor, tau: torch.Tensor) -> torch.Tensor:
     """`t` with |v| < tau set to zero, for a threshold tensor broadcastable to `t`, without reading it on
-    the host: a NaN compares as not kept but survives the product (NaN · 0 is NaN), an inf is kept."""
+    the host: a NaN compares as not kept but survives the product (NaN · 0 is NaN), an inf is kept.
+    Outside autograd, a one-element threshold on a CPU tensor takes one fused pass."""
+    if tau.numel() == 1 and not (torch.is_grad_enabled() and t.requires_grad) and selection.threshold_available(t):
+        return selection.threshold_and_count(t, tau)[0]
     return t * (t.abs() >= tau)

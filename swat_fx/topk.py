@@ -13,6 +13,7 @@ from typing import Any, Protocol
 import torch
 import torch.nn as nn
 
+from swat_fx import selection
 from swat_fx.masks import (
     MaskLayout,
     apply_mask,
@@ -45,7 +46,10 @@ class StorageFormat(Protocol):
     generated code names it (`format = Format.COMPRESSED`).
     """
 
-    def encode(self, t: torch.Tensor, keep: torch.Tensor, threshold: torch.Tensor, layout: MaskLayout,
+    uses_mask: bool
+    """False for a format built from the threshold alone: `encode` then gets `keep=None`."""
+
+    def encode(self, t: torch.Tensor, keep: torch.Tensor | None, threshold: torch.Tensor, layout: MaskLayout,
                unit_dim: int) -> Any: ...
 
 
@@ -120,12 +124,21 @@ class TopK(nn.Module):
         layout = self.layout(t)
         tau, s = self._threshold(t, layout, refresh, store)
         if format is None and not layout.score_dims and tau.numel() == 1:
+            if not self.differentiable and selection.threshold_available(t):  # compare, zero and count: one pass
+                out, kept = selection.threshold_and_count(t, tau)
+                if store:
+                    self.density.copy_(torch.where(tau.reshape(()) > 0, kept / out.numel(), 1.0))
+                return out
             with torch.set_grad_enabled(self.differentiable and torch.is_grad_enabled()):
                 out = apply_threshold(t, tau)
             if store:  # with tau > 0 the kept entries are exactly the non-zero ones
                 kept = torch.count_nonzero(out) / out.numel()
                 self.density.copy_(torch.where(tau.reshape(()) > 0, kept, torch.ones_like(kept)))
             return out
+        if format is not None and not getattr(format, "uses_mask", True) and tau.numel() == 1:
+            if store:  # the format keeps the threshold, not a mask: only the achieved density is counted
+                self.density.copy_(selection.count_kept(t, tau) / t.numel())
+            return format.encode(t, None, tau, layout, self.unit_dim)
         keep = self._keep(t, layout, tau, s, record=store)
         if format is not None:
             return format.encode(t, keep, tau, layout, self.unit_dim)

@@ -106,7 +106,7 @@ def test_inf_is_kept_like_nan() -> None:
 def test_large_tensors_select_the_exact_threshold(data: str, density: float, dtype: torch.dtype) -> None:
     """The radix select (large groups) agrees with a full sort of the magnitudes (NaN as +inf), also
     with many ties, negative values and infinities, and so does `torch.kthvalue` (the other path)."""
-    from swat_fx import radix_select
+    from swat_fx import selection
     from swat_fx.masks import kth_largest_magnitude
 
     torch.manual_seed(8)
@@ -123,8 +123,8 @@ def test_large_tensors_select_the_exact_threshold(data: str, density: float, dty
     k = keep_count(density, t.shape[1])
     magnitudes = torch.where(t.isnan(), torch.full_like(t, float("inf")), t.abs())
     expected = magnitudes.float().sort(dim=1, descending=True).values[:, k - 1].to(dtype)
-    assert radix_select.available(t)
+    assert selection.available(t)
     assert torch.equal(kth_largest_magnitude(t, k), expected)
-    assert torch.equal(kth_largest_magnitude(t[:, :1000], min(k, 1000)),  # below radix_select.MIN_GROUP
+    assert torch.equal(kth_largest_magnitude(t[:, :1000], min(k, 1000)),  # below selection.MIN_GROUP
                        magnitudes[:, :1000].float().sort(dim=1, descending=True).values[:, min(k, 1000) - 1]
                        .to(dtype))

@@ -58,7 +58,12 @@ class Format(enum.Enum):
     CHANNELS = "channels"
     """A structured X_s as its kept channels (features) and their indices."""
 
-    def encode(self, t: torch.Tensor, keep: torch.Tensor, threshold: torch.Tensor, layout: MaskLayout,
+    @property
+    def uses_mask(self) -> bool:
+        """THRESHOLDED rebuilds W_s from the threshold; the others store what the mask keeps."""
+        return self is not Format.THRESHOLDED
+
+    def encode(self, t: torch.Tensor, keep: torch.Tensor | None, threshold: torch.Tensor, layout: MaskLayout,
                unit_dim: int) -> Any:
         if self is Format.THRESHOLDED:
             return ThresholdedParameter(t, threshold.detach().clone(), layout)

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-_DIGIT = 16  # the digit width of `radix_kernels`
+_DIGIT = 16  # the digit width of `selection_kernels`
 _LAYOUT = {  # dtype: (integer view, bits, sign-cleared mask, bit pattern of +inf)
     torch.float32: (torch.int32, 32, 0x7FFFFFFF, 0x7F800000),
     torch.float64: (torch.int64, 64, 0x7FFFFFFFFFFFFFFF, 0x7FF0000000000000),
@@ -34,10 +34,10 @@ MIN_GROUP = 1 << 16
 def _kernels() -> Any:
     """The compiled kernels module (None without numba); numba compiles them on first use."""
     try:
-        from swat_fx import radix_kernels
+        from swat_fx import selection_kernels
     except ImportError:
         return None
-    return radix_kernels
+    return selection_kernels
 
 
 def available(t: torch.Tensor) -> bool:
@@ -62,3 +62,29 @@ def kth_largest_magnitude(groups: torch.Tensor, k: int) -> torch.Tensor:
         prefixes = (prefixes << _DIGIT) | digits
     integer = torch.from_numpy(prefixes).to(view)
     return integer.view(groups.dtype)
+
+
+def threshold_available(t: torch.Tensor) -> bool:
+    """Whether `threshold_and_count` runs for `t` (a contiguous float32/float64 CPU tensor, numba installed)."""
+    return (t.device.type == "cpu" and t.dtype in (torch.float32, torch.float64) and t.is_contiguous()
+            and _kernels() is not None)
+
+
+def threshold_and_count(t: torch.Tensor, tau: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(`t` with |v| < tau zeroed, NaN kept; the number of entries kept, a 0-d int64 tensor): one pass
+    instead of the compare, the product and the count. `tau` is a one-element CPU tensor, read as such
+    (host memory: nothing to synchronise). Needs `threshold_available(t)`."""
+    out = torch.empty_like(t, requires_grad=False)
+    limit = tau.detach().reshape(()).to(t.dtype).numpy()[()]
+    kept = _kernels().threshold_and_count(t.detach().view(-1).numpy(), out.view(-1).numpy(), limit,
+                                          4 * torch.get_num_threads())
+    return out, torch.tensor(kept)
+
+
+def count_kept(t: torch.Tensor, tau: torch.Tensor) -> torch.Tensor:
+    """The number of entries of `t` with |v| >= tau (one-element `tau`; NaN counts as kept), a 0-d
+    int64 tensor: one read of `t` where `threshold_available(t)`, a compare and a count otherwise."""
+    if not threshold_available(t):
+        return torch.count_nonzero(~(t.detach().abs() < tau))
+    limit = tau.detach().reshape(()).to(t.dtype).numpy()[()]
+    return torch.tensor(_kernels().count_kept(t.detach().view(-1).numpy(), limit, 4 * torch.get_num_threads()))

@@ -1,4 +1,4 @@
-"""The numba kernels of `radix_select` (this module imports numba: load it through `radix_select`)."""
+"""The numba kernels of `selection` (this module imports numba: load it through `selection`)."""
 
 from __future__ import annotations
 
@@ -46,3 +46,38 @@ def pick_digits(histograms, ranks):
                 break
             above += count
     return digits, remaining
+
+
+@numba.njit(parallel=True, cache=True)
+def threshold_and_count(values, out, tau, tasks):
+    """`out` = `values` where |v| >= tau (NaN kept), 0 elsewhere, in one parallel pass; returns the
+    number of entries kept."""
+    n = values.shape[0]
+    step = (n + tasks - 1) // tasks
+    kept = np.zeros(tasks, np.int64)
+    for task in numba.prange(tasks):
+        count = 0
+        for i in range(task * step, min(n, (task + 1) * step)):
+            v = values[i]
+            if abs(v) < tau:
+                out[i] = 0
+            else:
+                out[i] = v
+                count += 1
+        kept[task] = count
+    return kept.sum()
+
+
+@numba.njit(parallel=True, cache=True)
+def count_kept(values, tau, tasks):
+    """The number of entries with |v| >= tau (NaN counts as kept), in one parallel read."""
+    n = values.shape[0]
+    step = (n + tasks - 1) // tasks
+    kept = np.zeros(tasks, np.int64)
+    for task in numba.prange(tasks):
+        count = 0
+        for i in range(task * step, min(n, (task + 1) * step)):
+            if not abs(values[i]) < tau:
+                count += 1
+        kept[task] = count
+    return kept.sum()
