@@ -10,6 +10,7 @@ from __future__ import annotations
 import difflib
 import math
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import torch.fx as fx
 
@@ -45,14 +46,21 @@ def _check_overrides(ops: list[WeightProduct], overrides: dict[str, float]) -> N
             raise KeyError(f"layer_sparsity names no sparsifiable layer: {key!r} ({hint})")
 
 
-def budgets(ops: list[WeightProduct], config: SwatConfig) -> dict[str, float]:
-    """The sparsity of every op, by name, under `config`'s rules."""
+class Budget(NamedTuple):
+    """The sparsity of one op, and the user's rule that makes it 0 where it is."""
+
+    sparsity: float
+    dense_reason: DenseReason | None = None
+
+
+def budgets(ops: list[WeightProduct], config: SwatConfig) -> dict[str, Budget]:
+    """The budget of every op, by name, under `config`'s rules."""
     _check_overrides(ops, dict(config.layer_sparsity))
-    excluded = set()
-    if ops and not config.sparsify_first:
-        excluded.add(ops[0].name)
+    excluded: dict[str, DenseReason] = {}
     if ops and not config.sparsify_last:
-        excluded.add(ops[-1].name)
+        excluded[ops[-1].name] = DenseReason.LAST_LAYER
+    if ops and not config.sparsify_first:
+        excluded[ops[0].name] = DenseReason.FIRST_LAYER
 
     def override(op: WeightProduct) -> float | None:
         return config.layer_sparsity.get(op.name, config.layer_sparsity.get(op.name.split("@")[0]))
@@ -60,10 +68,20 @@ def budgets(ops: list[WeightProduct], config: SwatConfig) -> dict[str, float]:
     free = [op for op in ops if op.name not in excluded and override(op) is None]
     if config.distribution == "erk":
         densities = erk_densities([op.weight_shape for op in free], 1.0 - config.sparsity)
+        dense_reason = DenseReason.ERK_DENSE
         budget = {op.name: max(0.0, 1.0 - d) for op, d in zip(free, densities, strict=True)}
     else:
+        dense_reason = DenseReason.ZERO_SPARSITY
         budget = {op.name: config.sparsity for op in free}
-    return {op.name: override(op) if override(op) is not None else budget.get(op.name, 0.0) for op in ops}
+    result = {}
+    for op in ops:
+        if override(op) is not None:
+            result[op.name] = Budget(override(op), DenseReason.OVERRIDE if override(op) == 0 else None)
+        elif op.name in excluded:
+            result[op.name] = Budget(0.0, excluded[op.name])
+        else:
+            result[op.name] = Budget(budget[op.name], dense_reason if budget[op.name] == 0 else None)
+    return result
 
 
 class AssignBudgets(SwatPass):
@@ -77,27 +95,15 @@ class AssignBudgets(SwatPass):
 
     def call(self, gm: fx.GraphModule) -> fx.GraphModule:
         nodes = weight_product_nodes(gm)
-        ops = [record_of(node) for node in nodes]
-        sparsity = budgets(ops, self.config)
+        plan = budgets([record_of(node) for node in nodes], self.config)
         for node in nodes:
             record = record_of(node)
-            s = sparsity[record.name]
-            sites = self.config.active_sites if s > 0 else frozenset()
+            sparsity, reason = plan[record.name]
+            sites = self.config.active_sites if sparsity > 0 else frozenset()
+            if sparsity > 0 and not sites:
+                reason = DenseReason.NO_SITES
             node.meta[OP_META] = record.replace(
-                sparsity=s, sites=sites, granularity=self.config.granularity, period=self.config.period,
-                dense_reason=None if sites else _dense_reason(record, ops, self.config),
+                sparsity=sparsity, sites=sites, granularity=self.config.granularity, period=self.config.period,
+                dense_reason=reason,
             )
         return gm
-
-
-def _dense_reason(op: WeightProduct, ops: list[WeightProduct], config: SwatConfig) -> DenseReason:
-    """Which of the user's rules leaves `op` dense."""
-    if not config.active_sites:
-        return DenseReason.NO_SITES
-    if op.name in config.layer_sparsity or op.name.split("@")[0] in config.layer_sparsity:
-        return DenseReason.OVERRIDE
-    if op is ops[0] and not config.sparsify_first:
-        return DenseReason.FIRST_LAYER
-    if op is ops[-1] and not config.sparsify_last:
-        return DenseReason.LAST_LAYER
-    return DenseReason.ERK_DENSE if config.distribution == "erk" else DenseReason.ZERO_SPARSITY

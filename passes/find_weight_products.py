@@ -29,7 +29,7 @@ _CONV_FUNCTIONS = {
     aten.conv1d.default, aten.conv2d.default, aten.conv3d.default,
     aten.conv1d.padding, aten.conv2d.padding, aten.conv3d.padding,
 }
-_LINEAR_FUNCTIONS = {F.linear, torch._C._nn.linear, aten.linear.default}
+_LINEAR_FUNCTIONS = {F.linear, aten.linear.default}
 _MATMUL_FUNCTIONS = {operator.matmul, torch.matmul, torch.mm, aten.mm.default, aten.matmul.default}
 _ADDMM_FUNCTIONS = {torch.addmm, aten.addmm.default}
 _EINSUM_FUNCTIONS = {torch.einsum, aten.einsum.default}
@@ -38,13 +38,15 @@ _OTHER_PRODUCTS = {
     torch.mv, aten.mv.default, torch.addmv, aten.addmv.default, torch.tensordot, aten.tensordot.default,
     F.conv_transpose1d, F.conv_transpose2d, F.conv_transpose3d, aten.conv_transpose1d.default,
     aten.conv_transpose2d.input, aten.conv_transpose3d.input, aten.convolution.default,
-    aten._convolution.default, F.bilinear, aten.bilinear.default,
+    aten._convolution.default, F.bilinear, aten.bilinear.default, aten.lstm.input, aten.gru.input,
+    aten.rnn_tanh.input, aten.rnn_relu.input,
 }
 """Products of an activation with a parameter that SWAT recognises but does not sparsify (reported)."""
 _PRODUCTS = (_CONV_FUNCTIONS | _LINEAR_FUNCTIONS | _MATMUL_FUNCTIONS | _ADDMM_FUNCTIONS | _EINSUM_FUNCTIONS
              | _OTHER_PRODUCTS)
 _PRODUCT_METHODS = {"matmul", "mm", "bmm", "addmm", "baddbmm", "mv", "einsum"}
-_TRANSPOSES = {aten.t.default, aten.transpose.int, aten.permute.default, aten.numpy_T.default, torch.t,
+_TRANSPOSES = {aten.t.default, aten.transpose.int, aten.permute.default, aten.numpy_T.default, aten.mT.default,
+               aten.mH.default, aten.adjoint.default, aten.swapaxes.default, aten.movedim.int, torch.t,
                torch.transpose}
 _VIEWS = {
     aten.view.default, aten.reshape.default, aten.slice.Tensor, aten.select.int, aten.split.Tensor,
@@ -94,9 +96,9 @@ def is_transpose(node: fx.Node) -> bool:
         name = node.target if node.op == "call_method" else getattr(node.target, "__name__", "")
         name = name.split(".")[0]
         dims = node.args[1:]
-        if name in ("t", "numpy_T"):
+        if name in ("t", "numpy_T", "mT", "mH", "adjoint"):
             return True
-        if name == "transpose":
+        if name in ("transpose", "swapaxes", "movedim"):
             return len(dims) == 2 and set(dims) in swapped
         if name == "permute":
             order = dims[0] if len(dims) == 1 else dims
@@ -119,11 +121,10 @@ def _ntuple(value: Any, n: int) -> Any:
     return tuple(value) if isinstance(value, (tuple, list)) else (value,) * n
 
 
-def _layer_name(node: fx.Node, param: str) -> str:
-    """A functional call is named after its parameter; an ATen op (export tracer) after the module that
-    owns the weight, as its `nn.Linear`/`nn.Conv` call is named by symbolic tracing."""
-    is_aten = isinstance(node.target, torch._ops.OpOverload)
-    return param.removesuffix(".weight") if is_aten and param.endswith(".weight") else param
+def _layer_name(param: str) -> str:
+    """A product found as a function call is named after its parameter, or after the module owning the
+    parameter when it is that module's `weight` (so an `nn.Linear` has its own name under both tracers)."""
+    return param.removesuffix(".weight")
 
 
 def _from_module(gm: fx.GraphModule, node: fx.Node) -> Found | None:
@@ -146,17 +147,25 @@ def _from_module(gm: fx.GraphModule, node: fx.Node) -> Found | None:
     return record, operands
 
 
+def _from_parameters(gm: fx.GraphModule, value: Any) -> bool:
+    """Whether a graph value is a parameter, or computed from parameters (and constants) alone: then it
+    is no activation (`A @ B` of a low-rank factorised weight is no layer)."""
+    if not isinstance(value, fx.Node):
+        return True
+    return not any(node.op in ("placeholder", "call_module") for node in _ancestors(value))
+
+
 def _from_function(gm: fx.GraphModule, node: fx.Node) -> Found | None:
     if node.target in _CONV_FUNCTIONS or node.target in _LINEAR_FUNCTIONS:
         names = _CONV_ARG_NAMES if node.target in _CONV_FUNCTIONS else _CONV_ARG_NAMES[:3]
         args = {**_CONV_DEFAULTS, **dict(zip(names, node.args, strict=False)), **node.kwargs}
         param = _param_name(gm, args["weight"])
-        if param is None:
+        if param is None or _from_parameters(gm, args["input"]):
             return None
         shape = tuple(gm.get_parameter(param).shape)
         operands = Operands(args["input"], args["weight"], args["bias"])
         bias = {"has_bias": args["bias"] is not None, "bias": _param_name(gm, args["bias"])}
-        name = _layer_name(node, param)
+        name = _layer_name(param)
         if node.target in _LINEAR_FUNCTIONS:
             return WeightProduct(name, "linear", param, shape, **bias), operands
         n = len(shape) - 2
@@ -173,16 +182,18 @@ def _from_function(gm: fx.GraphModule, node: fx.Node) -> Found | None:
 
 def _from_matmul(gm: fx.GraphModule, node: fx.Node, x: Any, right: Any, bias: Any = None) -> Found | None:
     """`x @ W.T` is linear(x, W); `x @ W` with a 2-D parameter (stored [in, out]) is linear(x, W.t())."""
+    if _from_parameters(gm, x):
+        return None
     has_bias = {"has_bias": bias is not None, "bias": _param_name(gm, bias)}
     source = _transposed_param(gm, right)
     if source is not None:
         shape = tuple(gm.get_parameter(source.target).shape)
-        record = WeightProduct(_layer_name(node, source.target), "linear", source.target, shape, **has_bias)
+        record = WeightProduct(_layer_name(source.target), "linear", source.target, shape, **has_bias)
         return record, Operands(x, source, bias)
     param = _param_name(gm, right)
     if param is not None and gm.get_parameter(param).dim() == 2:
         rows, cols = gm.get_parameter(param).shape
-        record = WeightProduct(_layer_name(node, param), "linear", param, (cols, rows), transpose_weight=True,
+        record = WeightProduct(_layer_name(param), "linear", param, (cols, rows), transpose_weight=True,
                                **has_bias)
         return record, Operands(x, right, bias)
     return None
@@ -222,16 +233,19 @@ def _from_einsum(gm: fx.GraphModule, node: fx.Node) -> Found | None:
         x, w = operands[x_index], operands[1 - x_index]
         x_sub, w_sub = subscripts[x_index], subscripts[1 - x_index]
         param = _param_name(gm, w)
-        if param is None or len(w_sub) != 2 or gm.get_parameter(param).dim() != 2 or not x_sub:
+        if (param is None or len(w_sub) != 2 or gm.get_parameter(param).dim() != 2 or not x_sub
+                or len(set(x_sub)) != len(x_sub) or _from_parameters(gm, x)):
             continue
         contracted = x_sub[-1]
+        if contracted in output:  # kept, not summed: no linear layer (e.g. a diagonal "ii,oi->io")
+            continue
         kept = (set(w_sub) - {contracted}).pop() if contracted in w_sub and len(set(w_sub)) == 2 else None
         if kept is None or kept in x_sub or output != x_sub[:-1] + kept:
             continue
         shape = tuple(gm.get_parameter(param).shape)
         transposed = w_sub[0] == contracted
         used = shape[::-1] if transposed else shape
-        record = WeightProduct(_layer_name(node, param), "linear", param, used, transpose_weight=transposed)
+        record = WeightProduct(_layer_name(param), "linear", param, used, transpose_weight=transposed)
         return record, Operands(x, w, None)
     return None
 
@@ -275,6 +289,18 @@ def _read_params(gm: fx.GraphModule, node: fx.Node) -> list[str]:
     return found
 
 
+def _ancestors(node: fx.Node) -> list[fx.Node]:
+    """`node` and every node it is computed from."""
+    found: dict[fx.Node, None] = {}
+    queue = [node]
+    while queue:
+        value = queue.pop(0)
+        if value not in found:
+            found[value] = None
+            queue.extend(value.all_input_nodes)
+    return list(found)
+
+
 def _module_weights(module: nn.Module) -> list[tuple[str, tuple[int, ...]]]:
     """The >= 2-D parameters of a module SWAT cannot enter, except those of embeddings and norms."""
     skipped = {id(p) for m in module.modules() if isinstance(m, _NEVER_SPARSIFIED) for p in m.parameters()}
@@ -306,11 +332,22 @@ def unsparsifiable(gm: fx.GraphModule, node: fx.Node) -> DenseProduct | None:
     if node.op not in ("call_function", "call_method") or node.target in _VIEWS or node.target in _TRANSPOSES:
         return None
     params = _read_params(gm, node)
+    is_product = node.target in _PRODUCTS if node.op == "call_function" else node.target in _PRODUCT_METHODS
+    if is_product and all(_from_parameters(gm, source) for source in node.all_input_nodes):
+        return None  # parameters with parameters (a low-rank weight A @ B): no activation in it
+    if not params and is_product:
+        computed = [source for source in node.all_input_nodes if _from_parameters(gm, source)
+                    and any(_param_name(gm, n) for n in _ancestors(source))]
+        if computed and len(computed) < len(node.all_input_nodes):
+            param = next(_param_name(gm, n) for n in _ancestors(computed[0]) if _param_name(gm, n))
+            return DenseProduct(param, _target_name(node.target), tuple(gm.get_parameter(param).shape),
+                                DenseReason.UNSUPPORTED_OP, "its weight is computed from parameters (weight "
+                                "norm, a low-rank product...); SWAT sparsifies products of a parameter itself")
     if not params:
         return None
     shape = tuple(gm.get_parameter(params[0]).shape)
     op = _target_name(node.target)
-    if node.target in _PRODUCTS if node.op == "call_function" else node.target in _PRODUCT_METHODS:
+    if is_product:
         return DenseProduct(params[0], op, shape, DenseReason.UNSUPPORTED_OP,
                             "SWAT sparsifies conv/linear-like products of a whole parameter "
                             "(a batched, transposed-conv or sliced weight is not one)")

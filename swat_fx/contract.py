@@ -82,12 +82,6 @@ class DenseReason(enum.Enum):
     UNSUPPORTED_OP = "an op SWAT does not sparsify"
     OPAQUE_FUNCTION = "inside a function the tracer does not enter"
 
-    @property
-    def chosen_by_user(self) -> bool:
-        """The user's own rules (budgets, sites), as opposed to what the tracer or SWAT could not reach."""
-        return self in (DenseReason.FIRST_LAYER, DenseReason.LAST_LAYER, DenseReason.OVERRIDE,
-                        DenseReason.ERK_DENSE, DenseReason.ZERO_SPARSITY, DenseReason.NO_SITES)
-
 
 @dataclass(frozen=True)
 class DenseProduct:

@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 import torch.fx as fx
+import torch.fx.traceback as fx_traceback
 import torch.nn as nn
 
 from swat_fx.checkpoint_regions import CHECKPOINT_META, RegionTracker, tagging_checkpoint_regions
@@ -75,6 +76,9 @@ class SwatGraphModule(fx.GraphModule):
     def __deepcopy__(self, memo: dict[int, Any]) -> SwatGraphModule:
         with quiet_tree_spec_copies():
             clone = super().__deepcopy__(memo)
+        for name, module in self.named_modules():  # GraphModule's copy registers every buffer as persistent
+            if module._non_persistent_buffers_set:
+                clone.get_submodule(name)._non_persistent_buffers_set |= module._non_persistent_buffers_set
         type(clone).__name__ = type(self).__name__  # GraphModule's copy would be named "GraphModule"
         if self._swat_clocks:
             clone.drive_clocks()
@@ -196,7 +200,8 @@ def _user_frame(error: BaseException, model: nn.Module) -> str:
     (the model's forward and its signature when it broke before running any of the user's code)."""
     torch_dir = os.path.dirname(torch.__file__)
     frames = [f for f in traceback.extract_tb(error.__traceback__) if not f.filename.startswith(torch_dir)]
-    frames = [f for f in frames if os.path.basename(os.path.dirname(f.filename)) != "swat_fx"]
+    frames = [f for f in frames if os.path.basename(os.path.dirname(f.filename)) != "swat_fx"
+              and not f.filename.startswith("<")]  # nor generated code
     if not frames:
         return f"{type(model).__name__}.forward{inspect.signature(model.forward)}"
     f = frames[-1]
@@ -260,7 +265,8 @@ def symbolic_trace(
             "(With symbolic tracing, concrete_args={'arg_name': value} fixes a value that decides a branch; "
             "leaf_modules=(TheModuleClass,) calls a module as a black box, and its layers stay dense.)"
         ) from error
-    return _keep_buffer_persistence(model, SwatGraphModule(tracer.root, graph, type(model).__name__))
+    return _keep_every_parameter_and_buffer(
+        model, _keep_buffer_persistence(model, SwatGraphModule(tracer.root, graph, type(model).__name__)))
 
 
 def export(
@@ -269,8 +275,12 @@ def export(
     example_kwargs: Mapping[str, Any] | None = None,
     dynamic_shapes: Any = None,
 ) -> SwatGraphModule:
-    """Trace a deep copy of `model` with `torch.export` on the example inputs (see `trace_export`)."""
-    args = example_inputs if isinstance(example_inputs, tuple) else (example_inputs,)
+    """Trace a deep copy of `model` with `torch.export` on the example inputs (see `trace_export`); a
+    list of example inputs is taken as the positional arguments, like a tuple."""
+    if not hasattr(fx_traceback, "annotate"):
+        raise RuntimeError(f"the export tracer needs torch.fx.traceback.annotate, which torch {torch.__version__} "
+                           "lacks: upgrade torch (2.10 or later), or trace symbolically without example_inputs")
+    args = tuple(example_inputs) if isinstance(example_inputs, (tuple, list)) else (example_inputs,)
     try:
         gm = export_trace(model, args, example_kwargs or {}, dynamic_shapes)
     except Exception as error:
@@ -281,29 +291,47 @@ def export(
             "Check that the model runs on example_inputs / example_kwargs as given (model(*example_inputs, "
             "**example_kwargs)); for a dimension the model needs fixed, pass dynamic_shapes (see torch.export)."
         ) from error
-    return _keep_tied_parameters(model, _keep_buffer_persistence(model, SwatGraphModule(gm, gm.graph,
-                                                                                         type(model).__name__)))
+    return _keep_every_parameter_and_buffer(
+        model, _keep_buffer_persistence(model, SwatGraphModule(gm, gm.graph, type(model).__name__)))
 
 
-def _keep_tied_parameters(model: nn.Module, gm: SwatGraphModule) -> SwatGraphModule:
-    """torch.export keeps one name of a parameter the model ties under several (GPT-2's `lm_head.weight`
-    is `transformer.wte.weight`); the others come back as aliases, so the model's checkpoints load strict."""
-    names_of: dict[int, list[str]] = {}
-    for name, param in model.named_parameters(remove_duplicate=False):
-        names_of.setdefault(id(param), []).append(name)
+def _owner(gm: nn.Module, name: str) -> tuple[nn.Module, str]:
+    """The module that holds `name` (created empty along the way) and the attribute's own name."""
+    owner = gm
+    *path, leaf = name.split(".")
+    for part in path:
+        if not isinstance(getattr(owner, part, None), nn.Module):
+            owner.add_module(part, nn.Module())
+        owner = getattr(owner, part)
+    return owner, leaf
+
+
+def _keep_every_parameter_and_buffer(model: nn.Module, gm: SwatGraphModule) -> SwatGraphModule:
+    """Both tracers keep only the parameters and buffers some op reads, and torch.export one name of a
+    parameter the model ties under several (GPT-2's `lm_head.weight` is `transformer.wte.weight`). The
+    others come back (the unread ones as copies, the tied names as aliases), so `state_dict()` has the
+    original keys and the model's checkpoints load strict."""
     present = dict(gm.named_parameters(remove_duplicate=False))
+    names_of: dict[int, list[tuple[str, nn.Parameter]]] = {}
+    for name, param in model.named_parameters(remove_duplicate=False):
+        names_of.setdefault(id(param), []).append((name, param))
     for names in names_of.values():
-        kept = next((name for name in names if name in present), None)
-        for name in names if kept is not None else ():
-            if name in present:
-                continue
-            owner: nn.Module = gm
-            *path, leaf = name.split(".")
-            for part in path:
-                if not hasattr(owner, part):
-                    owner.add_module(part, nn.Module())
-                owner = getattr(owner, part)
-            owner.register_parameter(leaf, present[kept])
+        kept = next((present[name] for name, _ in names if name in present), None)
+        if kept is None:
+            original = names[0][1]
+            kept = nn.Parameter(original.detach().clone(), requires_grad=original.requires_grad)
+        for name, _ in names:
+            if name not in present:
+                owner, leaf = _owner(gm, name)
+                owner.register_parameter(leaf, kept)
+    buffers = dict(gm.named_buffers(remove_duplicate=False))
+    for module_name, module in model.named_modules():
+        for leaf, buffer in module.named_buffers(recurse=False):
+            name = f"{module_name}.{leaf}" if module_name else leaf
+            if name not in buffers and buffer is not None:
+                owner, _ = _owner(gm, name)
+                owner.register_buffer(leaf, buffer.detach().clone(),
+                                      persistent=leaf not in module._non_persistent_buffers_set)
     return gm
 
 

@@ -461,6 +461,9 @@ def test_every_backend_takes_an_export_traced_transformer(tmp_path: Path) -> Non
     expected.backward()
     np.testing.assert_allclose(loss, expected.item(), rtol=1e-5)
     for name, param in transformed.named_parameters():
+        if param.grad is None:  # the pooler: its output is unused, it is no part of either graph
+            assert name.startswith("bert.pooler.")
+            continue
         np.testing.assert_allclose(artifacts.state.parameters[name].grad, param.grad.numpy(), rtol=1e-4, atol=2e-6,
                                    err_msg=name)
     assert swat_fx.export_onnx(transformed, [ids], tmp_path / "model.onnx").exists()
@@ -510,3 +513,138 @@ def test_export_traced_models_match_the_reference_for_every_algorithm_and_granul
                                    for c in itertools.combinations(("fw_w", "fw_a", "bw_w", "bw_a", "bw_g"), n)])
 def test_export_traced_models_match_the_reference_for_every_site_combination(sites: frozenset[str]) -> None:
     _check_sites(sites, "nchw")
+
+
+# ------------------------------------------------------------------------------ edge cases of both tracers
+
+
+class Modes(nn.Module):
+    """A forward where `self.training` decides more than dropout, and a dropout forced on (MC dropout)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(8, 8)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.fc(x)
+        y = y * 2 if self.training else y
+        return F.dropout(y, 0.5, training=True)
+
+
+def test_eval_mode_follows_the_model_and_what_it_cannot_follow_is_a_warning() -> None:
+    with pytest.warns(UserWarning, match=r"depends on self.training beyond dropout and batch norm \(aten.mul"):
+        transformed = swat_fx.transform(Modes(), algorithm="dense", example_inputs=(torch.randn(4, 8),))
+    transformed.eval()
+    x = torch.randn(4, 8)
+    assert not torch.equal(transformed(x), transformed(x))  # the forced dropout stays on in eval mode
+
+
+def test_a_size_the_export_fixed_is_checked_at_each_call() -> None:
+    class Flatten(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(8, 3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.fc(x.reshape(x.shape[0], -1, 8)).mean(1)
+
+    transformed = swat_fx.transform(Flatten(), SPARSITY, example_inputs=(torch.randn(1, 2, 8),))  # batch 1: fixed
+    assert transformed(torch.randn(1, 2, 8)).shape == (1, 3)
+    with pytest.raises(ValueError, match=r"input 'x' has size 4 in dim 0, but the model was exported with that "
+                                         r"dim fixed to 1"):
+        transformed(torch.randn(4, 2, 8))
+    assert swat_fx.transform(Flatten(), SPARSITY, example_inputs=[torch.randn(2, 2, 8)])(torch.randn(4, 2, 8)).shape \
+        == (4, 3)  # a list of example inputs is the positional arguments
+
+
+class Unused(nn.Module):
+    """A module that is never called and a non-persistent buffer: neither is read by any op."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.used, self.never = nn.Linear(4, 4), nn.Linear(4, 4)
+        self.register_buffer("scale", torch.ones(4), persistent=False)
+        self.register_buffer("counter", torch.zeros(()))
+
+    def forward(self, x: torch.Tensor, **options: torch.Tensor) -> torch.Tensor:
+        return self.used(x) * options.get("factor", 1.0)
+
+
+@pytest.mark.parametrize("tracer", ["fx", "export"])
+def test_state_dict_keys_are_the_original_ones_also_after_deepcopy(tracer: str) -> None:
+    model = Unused()
+    inputs = {"example_inputs": (torch.randn(2, 4),), "example_kwargs": {"factor": torch.tensor(2.0)}} \
+        if tracer == "export" else {}
+    transformed = swat_fx.transform(model, SPARSITY, sparsify_first=True, **inputs)
+    for clone in (transformed, copy.deepcopy(transformed), pickle.loads(pickle.dumps(transformed))):
+        assert set(swat_fx.dense_state_dict(clone.state_dict())) == set(model.state_dict())
+        clone.load_state_dict(model.state_dict())
+        model.load_state_dict(swat_fx.dense_state_dict(clone.state_dict()))
+    if tracer == "export":  # a **kwargs forward given example_kwargs exports, with static sizes
+        assert transformed(torch.randn(2, 4), factor=torch.tensor(3.0)).shape == (2, 4)
+
+
+class TwiceInside(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.block, self.head = Block(), nn.Linear(32, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = checkpoint(lambda y: self.block(torch.relu(self.block(y))), x, use_reentrant=False)
+        return self.head(x)
+
+
+@pytest.mark.parametrize("tracer", ["fx", "export"])
+@pytest.mark.parametrize("kernel", ["masked", "compressed"])
+def test_a_checkpoint_region_calling_a_module_twice_with_compressed_activations(tracer: str, kernel: str) -> None:
+    torch.manual_seed(0)
+    model = TwiceInside()
+    x = torch.randn(8, 32)
+    inputs = {"example_inputs": (x,)} if tracer == "export" else {}
+    transformed = swat_fx.transform(model, SPARSITY, kernel=kernel, **inputs)
+    assert [i.name for i in swat_fx.layers(transformed)] == ["block.up", "block.down", "block.up@1", "block.down@1",
+                                                             "head"]
+    _loss(transformed(x)).backward()
+    assert all(p.grad is not None for p in transformed.parameters())
+    clone = pickle.loads(pickle.dumps(transformed))
+    torch.testing.assert_close(clone(x), transformed(x))
+
+
+def test_a_model_with_checkpoint_regions_pickles_after_onnxruntime_training_is_imported() -> None:
+    pytest.importorskip("onnxruntime.training")
+    import onnxruntime.training  # noqa: F401  (it replaces torch.utils.checkpoint.checkpoint)
+
+    transformed = swat_fx.transform(Checkpointed("non-reentrant"), SPARSITY)
+    x = torch.randn(4, 16)
+    torch.testing.assert_close(pickle.loads(pickle.dumps(transformed)).eval()(x), transformed.eval()(x))
+
+
+class Odd(nn.Module):
+    """Products that look like layers and are not, and layers in less common forms."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Parameter(torch.randn(6, 2)), nn.Parameter(torch.randn(2, 6))  # low-rank weight
+        self.square = nn.Parameter(torch.randn(6, 6))
+        self.w = nn.Parameter(torch.randn(6, 6))
+        self.rnn = nn.GRU(6, 6, batch_first=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = F.linear(x, self.a @ self.b)  # the weight is computed: reported, and A @ B is no layer
+        y = y + torch.einsum("ii,oi->io", self.square, self.square).sum(0)  # two parameters: no layer
+        y = y @ self.w.mT  # a linear layer
+        return self.rnn(y.unsqueeze(1))[0].squeeze(1)
+
+
+@pytest.mark.parametrize("tracer", ["fx", "export"])
+def test_computed_weights_recurrent_layers_and_parameter_only_products(tracer: str) -> None:
+    x = torch.randn(3, 6)
+    inputs = {"example_inputs": (x,)} if tracer == "export" else {}
+    with pytest.warns(UserWarning, match=r"leaves 2 of the 3 weight products of Odd dense"):
+        transformed = swat_fx.transform(Odd(), SPARSITY, sparsify_first=True, **inputs)
+    infos = swat_fx.layers(transformed)
+    assert [(i.name, i.sparsified) for i in infos] == [
+        ("a", False), ("w", True), ("rnn" if tracer == "fx" else "rnn.weight_ih_l0", False)]
+    assert "computed from parameters" in infos[0].note
+    assert infos[2].dense_reason is swat_fx.DenseReason.UNSUPPORTED_OP
+    torch.testing.assert_close(transformed.eval()(x).shape, Odd()(x).shape)

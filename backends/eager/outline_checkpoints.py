@@ -11,6 +11,7 @@ arguments, so it owns no parameter, buffer or state of its own: `state_dict()` i
 from __future__ import annotations
 
 import operator
+import re
 from typing import Any
 
 import torch.fx as fx
@@ -22,6 +23,12 @@ from swat_fx.checkpoint_regions import CheckpointRegion, region_of
 from swat_fx.contract import REGIONS_ROOT
 from swat_fx.passes import Condition, SwatPass
 from swat_fx.trace import SwatGraphModule
+
+
+def checkpoint(function: Any, *args: Any, **kwargs: Any) -> Any:
+    """`torch.utils.checkpoint.checkpoint`, looked up at each call: a library may replace it (ONNX Runtime
+    training does) with something that does not pickle, and the graph must keep naming this function."""
+    return torch_checkpoint.checkpoint(function, *args, **kwargs)
 
 
 def call_module(module: nn.Module, *args: Any, **kwargs: Any) -> Any:
@@ -38,7 +45,7 @@ def _outline(gm: fx.GraphModule, region: CheckpointRegion, nodes: list[fx.Node])
 
     sub = fx.Graph()
     env: dict[fx.Node, fx.Node] = {value: sub.placeholder(value.name) for value in inputs}
-    module_args = {target: sub.placeholder(target.replace(".", "_") + "_module") for target in modules}
+    module_args = {target: sub.placeholder(re.sub(r"\W", "_", target) + "_module") for target in modules}
     for node in nodes:
         if node.op == "call_module":
             args = fx.map_arg(node.args, env.__getitem__)
@@ -68,7 +75,7 @@ def _outline(gm: fx.GraphModule, region: CheckpointRegion, nodes: list[fx.Node])
         function = graph.get_attr(name)
         module_nodes = [graph.get_attr(target) for target in modules]
         call = graph.call_function(
-            torch_checkpoint.checkpoint, (function, *inputs, *module_nodes),
+            checkpoint, (function, *inputs, *module_nodes),
             {"use_reentrant": False, "preserve_rng_state": region.preserve_rng_state},
         )
         for index, output in enumerate(outputs):

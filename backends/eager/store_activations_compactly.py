@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from swat_fx.backends.eager import kernels
 from swat_fx.backends.eager.conditions import KERNELS_CHOSEN, NEUTRAL_GRAPH_RESOLVES
 from swat_fx.backends.eager.formats import Format
+from swat_fx.checkpoint_regions import copy_region
 from swat_fx.contract import site_of
 from swat_fx.passes import SwatPass
 
@@ -45,6 +46,7 @@ def _stores_compactly(gm: fx.GraphModule, node: fx.Node) -> bool:
 def _replace(gm: fx.GraphModule, node: fx.Node, target: object, args: tuple) -> fx.Node:
     with gm.graph.inserting_after(node):
         replacement = gm.graph.call_function(target, args)
+    copy_region(node, replacement)
     node.replace_all_uses_with(replacement)
     gm.graph.erase_node(node)
     return replacement
