@@ -72,3 +72,14 @@ def test_a_spawned_worker_receives_the_model() -> None:
         loss, grad = pool.apply(_step_in_child, (model, x))
     expected_loss, expected_grad = _step(model, x)
     assert torch.equal(loss, expected_loss) and torch.equal(grad, expected_grad)
+
+
+@pytest.mark.slow
+def test_a_spawned_worker_receives_an_export_traced_model() -> None:
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 32, 32)
+    model = swat_fx.transform(models.resnet18(num_classes=10), 0.7, period=3, example_inputs=(x,))
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        loss, grad = pool.apply(_step_in_child, (model, x))
+    expected_loss, expected_grad = _step(model, x)
+    assert torch.equal(loss, expected_loss) and torch.equal(grad, expected_grad)
