@@ -19,7 +19,7 @@ class Kernel(enum.Enum):
     |--------------|-------------------------------------------------------------|------------------------------|
     | `DENSE`      | none sparse (meProp's G_s, fw_a's X_s act around the op)    | those ops                    |
     | `COMPACT`    | kept filters/channels only, computed on compactly           | `granularity="filter"`, groups=1 |
-    | `MASKED`     | X_s zero-filled, W_s as W + threshold                       | every other op               |
+    | `MASKED`     | X_s as X + threshold, W_s as W + threshold (rebuilt in the backward) | every other op      |
     | `COMPRESSED` | X_s as kept values + bitmap, W_s as W + threshold (less memory, some time) | never         |
     """
 
@@ -76,7 +76,7 @@ class Format(enum.Enum):
 
 _FORMATS: dict[Kernel, tuple[Format | None, Format | None]] = {
     Kernel.DENSE: (None, None),
-    Kernel.MASKED: (Format.THRESHOLDED, None),
+    Kernel.MASKED: (Format.THRESHOLDED, Format.THRESHOLDED),
     Kernel.COMPRESSED: (Format.THRESHOLDED, Format.COMPRESSED),
     Kernel.COMPACT: (Format.FILTERS, Format.CHANNELS),
 }
