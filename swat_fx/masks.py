@@ -90,7 +90,7 @@ def group_thresholds(values: torch.Tensor, group_dims: tuple[int, ...], density:
     """The k-th largest magnitude of each group of `values` (a tensor, or its structured scores), with
     group dims kept as 1 (NaN ranks as +inf)."""
     kept = [d for d in range(values.dim()) if d not in group_dims]
-    groups = values.permute(*kept, *group_dims).reshape(math.prod(values.shape[d] for d in kept), -1)
+    groups = values.permute(*kept, *group_dims).reshape(math.prod([values.shape[d] for d in kept]), -1)
     tau = kth_largest_magnitude(groups, keep_count(density, groups.shape[1]))
     return tau.reshape([1 if d in group_dims else values.shape[d] for d in range(values.dim())])
 

@@ -42,7 +42,8 @@ def _kernels() -> Any:
 
 def available(t: torch.Tensor) -> bool:
     """Whether `kth_largest_magnitude` runs for `t` (a CPU float tensor, numba installed)."""
-    return t.device.type == "cpu" and t.dtype in _LAYOUT and _kernels() is not None
+    return (t.device.type == "cpu" and t.dtype in _LAYOUT and not torch.compiler.is_compiling()
+            and _kernels() is not None)
 
 
 def kth_largest_magnitude(groups: torch.Tensor, k: int) -> torch.Tensor:
@@ -67,7 +68,7 @@ def kth_largest_magnitude(groups: torch.Tensor, k: int) -> torch.Tensor:
 def threshold_available(t: torch.Tensor) -> bool:
     """Whether `threshold_and_count` runs for `t` (a contiguous float32/float64 CPU tensor, numba installed)."""
     return (t.device.type == "cpu" and t.dtype in (torch.float32, torch.float64) and t.is_contiguous()
-            and _kernels() is not None)
+            and not torch.compiler.is_compiling() and _kernels() is not None)
 
 
 def threshold_and_count(t: torch.Tensor, tau: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
