@@ -59,7 +59,7 @@ VARIANTS = {  # name: (transform options, period, naive top-k)
 
 def _naive_kth_largest(groups: torch.Tensor, k: int) -> torch.Tensor:
     """What a straightforward implementation does: a full per-step torch.topk of the magnitudes."""
-    return groups.abs().topk(k, dim=1).values[:, -1]
+    return groups.detach().abs().topk(k, dim=1).values[:, -1]
 
 
 @contextlib.contextmanager

@@ -81,11 +81,3 @@ def threshold_and_count(t: torch.Tensor, tau: torch.Tensor) -> tuple[torch.Tenso
                                           4 * torch.get_num_threads())
     return out, torch.tensor(kept)
 
-
-def count_kept(t: torch.Tensor, tau: torch.Tensor) -> torch.Tensor:
-    """The number of entries of `t` with |v| >= tau (one-element `tau`; NaN counts as kept), a 0-d
-    int64 tensor: one read of `t` where `threshold_available(t)`, a compare and a count otherwise."""
-    if not threshold_available(t):
-        return torch.count_nonzero(~(t.detach().abs() < tau))
-    limit = tau.detach().reshape(()).to(t.dtype).numpy()[()]
-    return torch.tensor(_kernels().count_kept(t.detach().view(-1).numpy(), limit, 4 * torch.get_num_threads()))

@@ -67,17 +67,3 @@ def threshold_and_count(values, out, tau, tasks):
         kept[task] = count
     return kept.sum()
 
-
-@numba.njit(parallel=True, cache=True)
-def count_kept(values, tau, tasks):
-    """The number of entries with |v| >= tau (NaN counts as kept), in one parallel read."""
-    n = values.shape[0]
-    step = (n + tasks - 1) // tasks
-    kept = np.zeros(tasks, np.int64)
-    for task in numba.prange(tasks):
-        count = 0
-        for i in range(task * step, min(n, (task + 1) * step)):
-            if not abs(values[i]) < tau:
-                count += 1
-        kept[task] = count
-    return kept.sum()

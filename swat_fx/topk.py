@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import enum
 import functools
+from collections.abc import Callable
 from typing import Any, Protocol
 
 import torch
@@ -47,10 +48,11 @@ class StorageFormat(Protocol):
     """
 
     uses_mask: bool
-    """False for a format built from the threshold alone: `encode` then gets `keep=None`."""
+    """False for a format built from the threshold alone: `encode` then gets `keep=None`, and a `record`
+    to give the density kept to when it is counted."""
 
     def encode(self, t: torch.Tensor, keep: torch.Tensor | None, threshold: torch.Tensor, layout: MaskLayout,
-               unit_dim: int) -> Any: ...
+               unit_dim: int, record: Callable[[torch.Tensor], Any] | None = None) -> Any: ...
 
 
 class TopK(nn.Module):
@@ -127,7 +129,7 @@ class TopK(nn.Module):
             if not self.differentiable and selection.threshold_available(t):  # compare, zero and count: one pass
                 out, kept = selection.threshold_and_count(t, tau)
                 if store:
-                    self.density.copy_(torch.where(tau.reshape(()) > 0, kept / out.numel(), 1.0))
+                    self.density.copy_(kept / out.numel())
                 return out
             with torch.set_grad_enabled(self.differentiable and torch.is_grad_enabled()):
                 out = apply_threshold(t, tau)
@@ -135,10 +137,9 @@ class TopK(nn.Module):
                 kept = torch.count_nonzero(out) / out.numel()
                 self.density.copy_(torch.where(tau.reshape(()) > 0, kept, torch.ones_like(kept)))
             return out
-        if format is not None and not getattr(format, "uses_mask", True) and tau.numel() == 1:
-            if store:  # the format keeps the threshold, not a mask: only the achieved density is counted
-                self.density.copy_(selection.count_kept(t, tau) / t.numel())
-            return format.encode(t, None, tau, layout, self.unit_dim)
+        if format is not None and not getattr(format, "uses_mask", True):  # built from the threshold alone:
+            # the density kept is counted when the sparse tensor is first rebuilt
+            return format.encode(t, None, tau, layout, self.unit_dim, record=self.density.copy_ if store else None)
         keep = self._keep(t, layout, tau, s, record=store)
         if format is not None:
             return format.encode(t, keep, tau, layout, self.unit_dim)

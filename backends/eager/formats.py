@@ -4,6 +4,7 @@ hands its output to them (`Format`, a `swat_fx.topk.StorageFormat`)."""
 from __future__ import annotations
 
 import enum
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -60,13 +61,14 @@ class Format(enum.Enum):
 
     @property
     def uses_mask(self) -> bool:
-        """THRESHOLDED rebuilds W_s from the threshold; the others store what the mask keeps."""
+        """THRESHOLDED rebuilds its tensor from the threshold (and records the density as it does); the
+        others store what the mask keeps."""
         return self is not Format.THRESHOLDED
 
     def encode(self, t: torch.Tensor, keep: torch.Tensor | None, threshold: torch.Tensor, layout: MaskLayout,
-               unit_dim: int) -> Any:
+               unit_dim: int, record: Callable[[torch.Tensor], Any] | None = None) -> Any:
         if self is Format.THRESHOLDED:
-            return ThresholdedParameter(t, threshold.detach().clone(), layout)
+            return ThresholdedParameter(t, threshold.detach().clone(), layout, record)
         if self is Format.COMPRESSED:
             return CompressedTensor.compress(t, keep)
         if self is Format.FILTERS:

@@ -125,6 +125,14 @@ class _SwatConv(torch.autograd.Function):
         weight_bwd, input_bwd = _saved_operands(ctx)
         padded_shape = list(ctx.input_shape[:2]) + [n + e for n, e in zip(ctx.input_shape[2:], ctx.extra, strict=True)]
         dx = dw = None
+        db = grad.sum([d for d in range(grad.dim()) if d != 1]) if ctx.bias_sizes is not None else None
+        if ctx.needs_input_grad[0] and ctx.needs_input_grad[1] and not any(isinstance(o, UNITS) for o in (
+                weight_bwd, input_bwd)) and not any(ctx.extra):
+            # dX = conv_x(G, W_s) and dW = conv_w(X_s, G) in one call: dX reads only W, dW only X
+            x = to_dense(input_bwd).to(grad.dtype)
+            dx, dw, _ = torch.ops.aten.convolution_backward(
+                grad, x, to_dense(weight_bwd).to(grad.dtype), None, *ctx.conv_args, [True, True, False])
+            return dx, dw, db, None, None, None, None, None, None, None, None
         if ctx.needs_input_grad[0]:
             w, g = weight_bwd, grad
             if isinstance(w, UNITS):  # only the kept filters, and G's matching channels, enter dX
@@ -144,7 +152,6 @@ class _SwatConv(torch.autograd.Function):
                 [False, True, False])[1]
             if isinstance(input_bwd, UNITS):
                 dw = grad.new_zeros(ctx.weight_shape).index_copy_(1, input_bwd.index, dw)
-        db = grad.sum([d for d in range(grad.dim()) if d != 1]) if ctx.bias_sizes is not None else None
         return dx, dw, db, None, None, None, None, None, None, None, None
 
 

@@ -15,11 +15,14 @@ saved-tensor hooks see them) and gets it back with `unflatten_operand`.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, fields
+from typing import Any
 
 import numpy as np
 import torch
 
+from swat_fx import selection
 from swat_fx.masks import MaskLayout, apply_mask, apply_threshold, keep_mask, scores
 
 
@@ -72,23 +75,35 @@ class CompressedTensor:
 
 @dataclass(frozen=True)
 class ThresholdedParameter:
-    """W_s as the parameter W and its Top-K threshold: W_s is recomputed (one pass over W, the same
-    arithmetic as the forward's, so bit-identical) when a product needs it, and the backward holds
-    nothing beyond W itself, which is resident anyway."""
+    """W_s (or X_s) as the tensor itself and its Top-K threshold: the sparse tensor is rebuilt (one pass,
+    the same arithmetic every time, so bit-identical) when a product needs it, and the backward holds
+    nothing beyond W, resident anyway, or X, which the ReLU or BatchNorm before the op keeps anyway.
+    `record`, where given, receives the density kept, counted on the way (the site's state)."""
 
     base: torch.Tensor
     threshold: torch.Tensor
     layout: MaskLayout
+    record: Callable[[torch.Tensor], Any] | None = None
 
     @property
     def shape(self) -> torch.Size:
         return self.base.shape
 
     def to_dense(self) -> torch.Tensor:
-        weight = self.base.detach()
+        values = self.base.detach()
         if not self.layout.score_dims and self.threshold.numel() == 1:
-            return apply_threshold(weight, self.threshold)
-        return apply_mask(weight, keep_mask(scores(weight, self.layout), self.threshold))
+            if selection.threshold_available(values):
+                dense, kept = selection.threshold_and_count(values, self.threshold)
+            else:
+                dense = apply_threshold(values, self.threshold)
+                kept = torch.count_nonzero(~(values.abs() < self.threshold)) if self.record else None
+            if self.record is not None:
+                self.record(kept / values.numel())
+            return dense
+        keep = keep_mask(scores(values, self.layout), self.threshold)
+        if self.record is not None:
+            self.record(torch.count_nonzero(keep) / keep.numel())
+        return apply_mask(values, keep)
 
 
 @dataclass(frozen=True)
