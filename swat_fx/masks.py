@@ -110,6 +110,6 @@ def apply_threshold(t: torch.Tensor, tau: torch.Tensor) -> torch.Tensor:
     """`t` with |v| < tau set to zero, for a threshold tensor broadcastable to `t`, without reading it on
     the host: a NaN compares as not kept but survives the product (NaN · 0 is NaN), an inf is kept.
     Outside autograd, a one-element threshold on a CPU tensor takes one fused pass."""
-    if tau.numel() == 1 and not (torch.is_grad_enabled() and t.requires_grad) and selection.threshold_available(t):
+    if tau.numel() == 1 and not (torch.is_grad_enabled() and t.requires_grad) and selection.compiled_for(t):
         return selection.threshold_and_count(t, tau)[0]
     return t * (t.abs() >= tau)

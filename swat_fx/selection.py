@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-_DIGIT = 16  # the digit width of `selection_kernels`
+_DIGIT = 16  # the digit width of `cpu_kernels`
 _LAYOUT = {  # dtype: (integer view, bits, sign-cleared mask, bit pattern of +inf)
     torch.float32: (torch.int32, 32, 0x7FFFFFFF, 0x7F800000),
     torch.float64: (torch.int64, 64, 0x7FFFFFFFFFFFFFFF, 0x7FF0000000000000),
@@ -31,25 +31,27 @@ MIN_GROUP = 1 << 16
 
 
 @functools.cache
-def _kernels() -> Any:
-    """The compiled kernels module (None without numba); numba compiles them on first use."""
+def kernels() -> Any:
+    """`swat_fx.cpu_kernels` (None without numba, or while torch.compile traces); numba compiles each
+    kernel on first use and caches it."""
+    if torch.compiler.is_compiling():
+        return None
     try:
-        from swat_fx import selection_kernels
+        from swat_fx import cpu_kernels
     except ImportError:
         return None
-    return selection_kernels
+    return cpu_kernels
 
 
 def available(t: torch.Tensor) -> bool:
     """Whether `kth_largest_magnitude` runs for `t` (a CPU float tensor, numba installed)."""
-    return (t.device.type == "cpu" and t.dtype in _LAYOUT and not torch.compiler.is_compiling()
-            and _kernels() is not None)
+    return t.device.type == "cpu" and t.dtype in _LAYOUT and kernels() is not None
 
 
 def kth_largest_magnitude(groups: torch.Tensor, k: int) -> torch.Tensor:
     """The k-th largest |v| of each row of a [G, n] tensor (NaN as +inf), exactly; shape [G], `groups`'
     dtype. Needs `available(groups)`."""
-    kernels = _kernels()
+    compiled = kernels()
     view, width, abs_mask, inf_bits = _LAYOUT[groups.dtype]
     bits = groups.detach().contiguous().view(view).numpy()
     rows = bits.shape[0]
@@ -58,26 +60,28 @@ def kth_largest_magnitude(groups: torch.Tensor, k: int) -> torch.Tensor:
     ranks = np.full(rows, k, np.int64)
     for shift in range(width - _DIGIT, -1, -_DIGIT):
         prefix_shift = shift + _DIGIT if shift + _DIGIT < width else 63
-        histograms = kernels.digit_histograms(bits, tasks_per_row, shift, prefix_shift, prefixes, abs_mask, inf_bits)
-        digits, ranks = kernels.pick_digits(histograms, ranks)
+        histograms = compiled.digit_histograms(bits, tasks_per_row, shift, prefix_shift, prefixes, abs_mask, inf_bits)
+        digits, ranks = compiled.pick_digits(histograms, ranks)
         prefixes = (prefixes << _DIGIT) | digits
     integer = torch.from_numpy(prefixes).to(view)
     return integer.view(groups.dtype)
 
 
-def threshold_available(t: torch.Tensor) -> bool:
-    """Whether `threshold_and_count` runs for `t` (a contiguous float32/float64 CPU tensor, numba installed)."""
-    return (t.device.type == "cpu" and t.dtype in (torch.float32, torch.float64) and t.is_contiguous()
-            and not torch.compiler.is_compiling() and _kernels() is not None)
+def compiled_for(t: torch.Tensor) -> Any:
+    """`swat_fx.cpu_kernels` where its element-wise kernels take `t` (a contiguous float32/float64 CPU
+    tensor, numba installed, not under torch.compile), else None."""
+    if t.device.type != "cpu" or t.dtype not in (torch.float32, torch.float64) or not t.is_contiguous():
+        return None
+    return kernels()
 
 
 def threshold_and_count(t: torch.Tensor, tau: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(`t` with |v| < tau zeroed, NaN kept; the number of entries kept, a 0-d int64 tensor): one pass
     instead of the compare, the product and the count. `tau` is a one-element CPU tensor, read as such
-    (host memory: nothing to synchronise). Needs `threshold_available(t)`."""
+    (host memory: nothing to synchronise). Needs `compiled_for(t)`."""
     out = torch.empty_like(t, requires_grad=False)
     limit = tau.detach().reshape(()).to(t.dtype).numpy()[()]
-    kept = _kernels().threshold_and_count(t.detach().view(-1).numpy(), out.view(-1).numpy(), limit,
+    kept = compiled_for(t).threshold_and_count(t.detach().view(-1).numpy(), out.view(-1).numpy(), limit,
                                           4 * torch.get_num_threads())
     return out, torch.tensor(kept)
 

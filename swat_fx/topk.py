@@ -126,7 +126,7 @@ class TopK(nn.Module):
         layout = self.layout(t)
         tau, s = self._threshold(t, layout, refresh, store)
         if format is None and not layout.score_dims and tau.numel() == 1:
-            if not self.differentiable and selection.threshold_available(t):  # compare, zero and count: one pass
+            if not self.differentiable and selection.compiled_for(t):  # compare, zero and count: one pass
                 out, kept = selection.threshold_and_count(t, tau)
                 if store:
                     self.density.copy_(kept / out.numel())

@@ -168,3 +168,25 @@ def test_topk_formats_keep_state_like_dense() -> None:
     t = torch.randn(2, 6, 4, 4)
     units = site(t, format=Format.CHANNELS)
     assert units.index.numel() == 3 and int(site.step) == 1 and float(site.density) == 0.5
+
+
+@pytest.mark.parametrize("n", [1, 7, 8, 9, 1000, 100_003])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_compiled_compression_and_bit_mask_relu_equal_the_torch_paths(n: int, dtype: torch.dtype) -> None:
+    """The numba kernels (CPU) against the plain torch formulas, NaN included."""
+    torch.manual_seed(n)
+    t = torch.randn(n, dtype=dtype)
+    t[0] = float("nan")
+    keep = (t.abs() > 0.5) | t.isnan()
+    compressed = CompressedTensor.compress(t, keep)
+    assert compressed.values.numel() == int(keep.sum())
+    assert torch.equal(compressed.bitmap, pack_bits(keep))
+    torch.testing.assert_close(compressed.to_dense(), torch.where(keep, t, torch.zeros((), dtype=dtype)),
+                               equal_nan=True, rtol=0, atol=0)
+    x = t.clone().requires_grad_()
+    y = kernels.relu(x)
+    grad = torch.randn(n, dtype=dtype)
+    y.backward(grad)
+    expected = torch.relu(t.clone().requires_grad_())
+    torch.testing.assert_close(y, expected, equal_nan=True, rtol=0, atol=0)
+    torch.testing.assert_close(x.grad, torch.where(t > 0, grad, torch.zeros((), dtype=dtype)), rtol=0, atol=0)

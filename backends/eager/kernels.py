@@ -13,9 +13,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
+from swat_fx import selection
 from swat_fx.backends.eager.formats import Kernel
 from swat_fx.backends.eager.operands import (
     UNITS,
@@ -247,14 +249,27 @@ class _BitmaskReLU(torch.autograd.Function):
     def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
         y = torch.relu(x)
         ctx.shape = y.shape
-        ctx.save_for_backward(pack_bits(y > 0))
+        compiled = selection.compiled_for(y)
+        if compiled is None:
+            ctx.save_for_backward(pack_bits(y > 0))
+            return y
+        bits = np.empty((y.numel() + 7) // 8, dtype=np.uint8)
+        compiled.pack_positive(y.detach().view(-1).numpy(), bits, 4 * torch.get_num_threads())
+        ctx.save_for_backward(torch.from_numpy(bits))
         return y
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
         (bits,) = ctx.saved_tensors
-        positive = unpack_bits(bits, ctx.shape).to(grad.device)
-        return torch.where(positive, grad, torch.zeros((), dtype=grad.dtype, device=grad.device))
+        grad = grad.contiguous()
+        compiled = selection.compiled_for(grad)
+        if compiled is None:
+            positive = unpack_bits(bits, ctx.shape).to(grad.device)
+            return torch.where(positive, grad, torch.zeros((), dtype=grad.dtype, device=grad.device))
+        out = torch.empty_like(grad)
+        compiled.select_by_bits(grad.view(-1).numpy(), bits.numpy(), out.view(-1).numpy(), 4 * torch.get_num_threads())
+        return out
+
 
 
 def relu(x: torch.Tensor) -> torch.Tensor:

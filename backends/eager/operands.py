@@ -64,12 +64,26 @@ class CompressedTensor:
     @classmethod
     def compress(cls, t: torch.Tensor, keep: torch.Tensor) -> CompressedTensor:
         keep = keep.expand(t.shape).contiguous()
-        return cls(_masked_values(t, keep), pack_bits(keep), t.shape)
+        t = t.detach().contiguous()
+        kernels = selection.compiled_for(t)
+        if kernels is None:
+            return cls(_masked_values(t, keep), pack_bits(keep), t.shape)
+        flat, mask = t.view(-1).numpy(), keep.view(-1).numpy()
+        tasks = 4 * torch.get_num_threads()
+        values = np.empty(kernels.count_true(mask, tasks), dtype=flat.dtype)
+        bits = np.empty((flat.size + 7) // 8, dtype=np.uint8)
+        kernels.compress(flat, mask, values, bits, tasks)  # one parallel pass, values and bits together
+        return cls(torch.from_numpy(values), torch.from_numpy(bits), t.shape)
 
     def to_dense(self) -> torch.Tensor:
-        keep = unpack_bits(self.bitmap, self.shape).to(self.values.device)
-        out = torch.zeros(self.shape, dtype=self.values.dtype, device=self.values.device)
-        return out.masked_scatter_(keep, self.values)
+        kernels = selection.compiled_for(self.values)
+        if kernels is None:
+            keep = unpack_bits(self.bitmap, self.shape).to(self.values.device)
+            out = torch.zeros(self.shape, dtype=self.values.dtype, device=self.values.device)
+            return out.masked_scatter_(keep, self.values)
+        out = torch.empty(self.shape, dtype=self.values.dtype)
+        kernels.decompress(self.values.numpy(), self.bitmap.numpy(), out.view(-1).numpy(), 4 * torch.get_num_threads())
+        return out
 
 
 
@@ -92,7 +106,7 @@ class ThresholdedParameter:
     def to_dense(self) -> torch.Tensor:
         values = self.base.detach()
         if not self.layout.score_dims and self.threshold.numel() == 1:
-            if selection.threshold_available(values):
+            if selection.compiled_for(values):
                 dense, kept = selection.threshold_and_count(values, self.threshold)
             else:
                 dense = apply_threshold(values, self.threshold)
