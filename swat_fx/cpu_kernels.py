@@ -1,4 +1,9 @@
-"""The numba kernels of swat_fx on CPU (this module imports numba: load it through `selection.kernels()`)."""
+"""The numba kernels of swat_fx on CPU (this module imports numba: load it through `selection.kernels()`).
+
+Each is one or two plain passes over contiguous memory, compiled once and cached. They run on the
+calling thread: numba's thread pools abort processes that also run torch.distributed's (gloo) threads,
+and do not survive a fork (DataLoader workers), so the parallelism stays torch's own.
+"""
 
 from __future__ import annotations
 
@@ -9,25 +14,22 @@ BINS = 1 << 16
 """One 16-bit digit."""
 
 
-@numba.njit(parallel=True, cache=True)
-def digit_histograms(bits, tasks_per_row, shift, prefix_shift, prefixes, abs_mask, inf_bits):
+@numba.njit(cache=True)
+def digit_histograms(bits, shift, prefix_shift, prefixes, abs_mask, inf_bits):
     """Per row of `bits` (float bit patterns): the counts of each 16-bit digit at `shift` of the
     magnitudes whose bits above `prefix_shift` equal the row's prefix (all of them when `prefix_shift`
-    is 63). NaN patterns count as +inf. Rows are split into `tasks_per_row` parallel slices."""
+    is 63). NaN patterns count as +inf."""
     rows, n = bits.shape
-    step = (n + tasks_per_row - 1) // tasks_per_row
-    partial = np.zeros((rows * tasks_per_row, BINS), np.int64)
-    for task in numba.prange(rows * tasks_per_row):
-        row = task // tasks_per_row
-        start = (task % tasks_per_row) * step
+    histograms = np.zeros((rows, BINS), np.int64)
+    for row in range(rows):
         prefix = prefixes[row]
-        for i in range(start, min(n, start + step)):
+        for i in range(n):
             m = np.int64(bits[row, i]) & abs_mask
             if m > inf_bits:
                 m = inf_bits
             if prefix_shift >= 63 or (m >> prefix_shift) == prefix:
-                partial[task, (m >> shift) & (BINS - 1)] += 1
-    return partial.reshape(rows, tasks_per_row, BINS).sum(axis=1)
+                histograms[row, (m >> shift) & (BINS - 1)] += 1
+    return histograms
 
 
 @numba.njit(cache=True)
@@ -48,129 +50,85 @@ def pick_digits(histograms, ranks):
     return digits, remaining
 
 
-@numba.njit(parallel=True, cache=True)
-def threshold_and_count(values, out, tau, tasks):
-    """`out` = `values` where |v| >= tau (NaN kept), 0 elsewhere, in one parallel pass; returns the
-    number of entries kept."""
-    n = values.shape[0]
-    step = (n + tasks - 1) // tasks
-    kept = np.zeros(tasks, np.int64)
-    for task in numba.prange(tasks):
-        count = 0
-        for i in range(task * step, min(n, (task + 1) * step)):
-            v = values[i]
-            if abs(v) < tau:
-                out[i] = 0
-            else:
-                out[i] = v
-                count += 1
-        kept[task] = count
-    return kept.sum()
+@numba.njit(cache=True)
+def threshold_and_count(values, out, tau):
+    """`out` = `values` where |v| >= tau (NaN kept), 0 elsewhere; returns how many entries were kept."""
+    kept = 0
+    for i in range(values.shape[0]):
+        v = values[i]
+        if abs(v) < tau:
+            out[i] = 0
+        else:
+            out[i] = v
+            kept += 1
+    return kept
 
 
-
-@numba.njit(parallel=True, cache=True)
-def compress(values, keep, out_values, out_bits, tasks):
-    """The kept entries of `values` (in order) into `out_values` and `keep` packed 8 a byte (little
-    endian) into `out_bits`; returns how many were kept. Two passes over `keep`: counts, then writes."""
-    n = values.shape[0]
-    step = ((n + tasks - 1) // tasks + 7) // 8 * 8  # whole bytes per task
-    counts = np.zeros(tasks + 1, np.int64)
-    for task in numba.prange(tasks):
-        count = 0
-        for i in range(task * step, min(n, (task + 1) * step)):
-            if keep[i]:
-                count += 1
-        counts[task + 1] = count
-    for task in range(tasks):
-        counts[task + 1] += counts[task]
-    for task in numba.prange(tasks):
-        j = counts[task]
-        for byte in range(task * step // 8, min((n + 7) // 8, (task + 1) * step // 8)):
-            packed = 0
-            for bit in range(8):
-                i = byte * 8 + bit
-                if i < n and keep[i]:
-                    packed |= 1 << bit
-                    out_values[j] = values[i]
-                    j += 1
-            out_bits[byte] = packed
-    return counts[tasks]
-
-
-@numba.njit(parallel=True, cache=True)
-def decompress(values, bits, out, tasks):
-    """The inverse of `compress`: `out` (length n) gets the kept values where their bit is set, 0 elsewhere."""
-    n = out.shape[0]
-    bytes_total = (n + 7) // 8
-    step = (bytes_total + tasks - 1) // tasks
-    starts = np.zeros(tasks + 1, np.int64)
-    for task in numba.prange(tasks):
-        count = 0
-        for byte in range(task * step, min(bytes_total, (task + 1) * step)):
-            b = bits[byte]
-            while b:
-                b &= b - 1
-                count += 1
-        starts[task + 1] = count
-    for task in range(tasks):
-        starts[task + 1] += starts[task]
-    for task in numba.prange(tasks):
-        j = starts[task]
-        for byte in range(task * step, min(bytes_total, (task + 1) * step)):
-            b = bits[byte]
-            for bit in range(8):
-                i = byte * 8 + bit
-                if i >= n:
-                    break
-                if (b >> bit) & 1:
-                    out[i] = values[j]
-                    j += 1
-                else:
-                    out[i] = 0
-
-
-@numba.njit(parallel=True, cache=True)
-def count_true(keep, tasks):
+@numba.njit(cache=True)
+def count_true(keep):
     """How many entries of a bool array are set."""
-    n = keep.shape[0]
-    step = (n + tasks - 1) // tasks
-    counts = np.zeros(tasks, np.int64)
-    for task in numba.prange(tasks):
-        count = 0
-        for i in range(task * step, min(n, (task + 1) * step)):
-            if keep[i]:
-                count += 1
-        counts[task] = count
-    return counts.sum()
+    count = 0
+    for i in range(keep.shape[0]):
+        if keep[i]:
+            count += 1
+    return count
 
 
-@numba.njit(parallel=True, cache=True)
-def pack_positive(values, out_bits, tasks):
+@numba.njit(cache=True)
+def compress(values, keep, out_values, out_bits):
+    """The kept entries of `values`, in order, into `out_values`, and `keep` packed 8 a byte (little
+    endian) into `out_bits`, in one pass."""
+    n = values.shape[0]
+    j = 0
+    for byte in range(out_bits.shape[0]):
+        packed = 0
+        for bit in range(8):
+            i = byte * 8 + bit
+            if i < n and keep[i]:
+                packed |= 1 << bit
+                out_values[j] = values[i]
+                j += 1
+        out_bits[byte] = packed
+
+
+@numba.njit(cache=True)
+def decompress(values, bits, out):
+    """The inverse of `compress`: `out` gets the kept values where their bit is set, 0 elsewhere."""
+    n = out.shape[0]
+    j = 0
+    for byte in range(bits.shape[0]):
+        b = bits[byte]
+        for bit in range(8):
+            i = byte * 8 + bit
+            if i >= n:
+                break
+            if (b >> bit) & 1:
+                out[i] = values[j]
+                j += 1
+            else:
+                out[i] = 0
+
+
+@numba.njit(cache=True)
+def pack_positive(values, out_bits):
     """`values > 0`, packed 8 a byte (little endian) into `out_bits`."""
     n = values.shape[0]
-    bytes_total = out_bits.shape[0]
-    step = (bytes_total + tasks - 1) // tasks
-    for task in numba.prange(tasks):
-        for byte in range(task * step, min(bytes_total, (task + 1) * step)):
-            packed = 0
-            for bit in range(8):
-                i = byte * 8 + bit
-                if i < n and values[i] > 0:
-                    packed |= 1 << bit
-            out_bits[byte] = packed
+    for byte in range(out_bits.shape[0]):
+        packed = 0
+        for bit in range(8):
+            i = byte * 8 + bit
+            if i < n and values[i] > 0:
+                packed |= 1 << bit
+        out_bits[byte] = packed
 
 
-@numba.njit(parallel=True, cache=True)
-def select_by_bits(values, bits, out, tasks):
+@numba.njit(cache=True)
+def select_by_bits(values, bits, out):
     """`out` = `values` where the packed bit is set, 0 elsewhere."""
     n = values.shape[0]
-    bytes_total = bits.shape[0]
-    step = (bytes_total + tasks - 1) // tasks
-    for task in numba.prange(tasks):
-        for byte in range(task * step, min(bytes_total, (task + 1) * step)):
-            b = bits[byte]
-            for bit in range(8):
-                i = byte * 8 + bit
-                if i < n:
-                    out[i] = values[i] if (b >> bit) & 1 else 0
+    for byte in range(bits.shape[0]):
+        b = bits[byte]
+        for bit in range(8):
+            i = byte * 8 + bit
+            if i < n:
+                out[i] = values[i] if (b >> bit) & 1 else 0

@@ -80,7 +80,7 @@ def kth_largest_magnitude(groups: torch.Tensor, k: int) -> torch.Tensor:
     """The k-th largest |v| of each row of [G, n] (NaN ranks as +inf), by selection, never a sort: a
     radix select at memory speed for large CPU rows (`selection`), `torch.kthvalue` otherwise."""
     n = groups.shape[1]
-    if n >= selection.MIN_GROUP and selection.available(groups):
+    if n >= selection.MIN_SIZE and selection.available(groups):
         return selection.kth_largest_magnitude(groups, k)
     magnitudes = torch.nan_to_num(groups.detach().abs(), nan=math.inf, posinf=math.inf)
     return magnitudes.kthvalue(n - k + 1, dim=1).values

@@ -4,7 +4,7 @@ For a non-negative float, the order of the values is the order of their bit patt
 |v| is `bits & ~sign`, and the k-th largest is found 16 bits at a time: a histogram of the top digit
 over the whole row, the digit where the running count from the top reaches k, then the next digit
 among the entries sharing that prefix (two passes for float32, four for float64, one for 16-bit
-floats). It reads the values as they are (no |v| temporary, no copy, no sort), in parallel, and never
+floats). It reads the values as they are (no |v| temporary, no copy, no sort) and never
 reads a device value on the host. NaN counts as +inf, as everywhere in SWAT.
 
 Compiled with numba (loaded on first use, so `import swat_fx` stays light); `available()` says whether
@@ -26,8 +26,9 @@ _LAYOUT = {  # dtype: (integer view, bits, sign-cleared mask, bit pattern of +in
     torch.float16: (torch.int16, 16, 0x7FFF, 0x7C00),
     torch.bfloat16: (torch.int16, 16, 0x7FFF, 0x7F80),
 }
-MIN_GROUP = 1 << 16
-"""Smaller groups are left to `torch.kthvalue`, which is as fast there."""
+MIN_SIZE = 1 << 16
+"""Smaller tensors (and Top-K groups) are left to torch, which is as fast there: the compiled kernels
+load only for the sizes where they pay off."""
 
 
 @functools.cache
@@ -55,12 +56,11 @@ def kth_largest_magnitude(groups: torch.Tensor, k: int) -> torch.Tensor:
     view, width, abs_mask, inf_bits = _LAYOUT[groups.dtype]
     bits = groups.detach().contiguous().view(view).numpy()
     rows = bits.shape[0]
-    tasks_per_row = max(1, 4 * torch.get_num_threads() // rows)
     prefixes = np.zeros(rows, np.int64)
     ranks = np.full(rows, k, np.int64)
     for shift in range(width - _DIGIT, -1, -_DIGIT):
         prefix_shift = shift + _DIGIT if shift + _DIGIT < width else 63
-        histograms = compiled.digit_histograms(bits, tasks_per_row, shift, prefix_shift, prefixes, abs_mask, inf_bits)
+        histograms = compiled.digit_histograms(bits, shift, prefix_shift, prefixes, abs_mask, inf_bits)
         digits, ranks = compiled.pick_digits(histograms, ranks)
         prefixes = (prefixes << _DIGIT) | digits
     integer = torch.from_numpy(prefixes).to(view)
@@ -69,8 +69,9 @@ def kth_largest_magnitude(groups: torch.Tensor, k: int) -> torch.Tensor:
 
 def compiled_for(t: torch.Tensor) -> Any:
     """`swat_fx.cpu_kernels` where its element-wise kernels take `t` (a contiguous float32/float64 CPU
-    tensor, numba installed, not under torch.compile), else None."""
-    if t.device.type != "cpu" or t.dtype not in (torch.float32, torch.float64) or not t.is_contiguous():
+    tensor of `MIN_SIZE` entries or more, numba installed, not under torch.compile), else None."""
+    if (t.device.type != "cpu" or t.dtype not in (torch.float32, torch.float64) or not t.is_contiguous()
+            or t.numel() < MIN_SIZE):
         return None
     return kernels()
 
@@ -81,7 +82,6 @@ def threshold_and_count(t: torch.Tensor, tau: torch.Tensor) -> tuple[torch.Tenso
     (host memory: nothing to synchronise). Needs `compiled_for(t)`."""
     out = torch.empty_like(t, requires_grad=False)
     limit = tau.detach().reshape(()).to(t.dtype).numpy()[()]
-    kept = compiled_for(t).threshold_and_count(t.detach().view(-1).numpy(), out.view(-1).numpy(), limit,
-                                          4 * torch.get_num_threads())
+    kept = compiled_for(t).threshold_and_count(t.detach().view(-1).numpy(), out.view(-1).numpy(), limit)
     return out, torch.tensor(kept)
 

@@ -9,6 +9,7 @@ of every batch, once per configuration given on the command line, and saves rank
 
 from __future__ import annotations
 
+import gc
 import sys
 
 import torch
@@ -73,6 +74,9 @@ def main(out: str, specs: list[str]) -> None:
     results = {spec: run(spec, rank, world) for spec in specs}
     if rank == 0:
         torch.save(results, out)
+    del results
+    gc.collect()  # DDP/FSDP state and its gloo work objects go while the interpreter is fully alive
+    dist.barrier()  # no rank tears gloo down while another still talks to it
     dist.destroy_process_group()
 
 

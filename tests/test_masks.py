@@ -125,6 +125,6 @@ def test_large_tensors_select_the_exact_threshold(data: str, density: float, dty
     expected = magnitudes.float().sort(dim=1, descending=True).values[:, k - 1].to(dtype)
     assert selection.available(t)
     assert torch.equal(kth_largest_magnitude(t, k), expected)
-    assert torch.equal(kth_largest_magnitude(t[:, :1000], min(k, 1000)),  # below selection.MIN_GROUP
+    assert torch.equal(kth_largest_magnitude(t[:, :1000], min(k, 1000)),  # below selection.MIN_SIZE
                        magnitudes[:, :1000].float().sort(dim=1, descending=True).values[:, min(k, 1000) - 1]
                        .to(dtype))

@@ -254,7 +254,7 @@ class _BitmaskReLU(torch.autograd.Function):
             ctx.save_for_backward(pack_bits(y > 0))
             return y
         bits = np.empty((y.numel() + 7) // 8, dtype=np.uint8)
-        compiled.pack_positive(y.detach().view(-1).numpy(), bits, 4 * torch.get_num_threads())
+        compiled.pack_positive(y.detach().view(-1).numpy(), bits)
         ctx.save_for_backward(torch.from_numpy(bits))
         return y
 
@@ -267,7 +267,7 @@ class _BitmaskReLU(torch.autograd.Function):
             positive = unpack_bits(bits, ctx.shape).to(grad.device)
             return torch.where(positive, grad, torch.zeros((), dtype=grad.dtype, device=grad.device))
         out = torch.empty_like(grad)
-        compiled.select_by_bits(grad.view(-1).numpy(), bits.numpy(), out.view(-1).numpy(), 4 * torch.get_num_threads())
+        compiled.select_by_bits(grad.view(-1).numpy(), bits.numpy(), out.view(-1).numpy())
         return out
 
 

@@ -69,10 +69,9 @@ class CompressedTensor:
         if kernels is None:
             return cls(_masked_values(t, keep), pack_bits(keep), t.shape)
         flat, mask = t.view(-1).numpy(), keep.view(-1).numpy()
-        tasks = 4 * torch.get_num_threads()
-        values = np.empty(kernels.count_true(mask, tasks), dtype=flat.dtype)
+        values = np.empty(kernels.count_true(mask), dtype=flat.dtype)
         bits = np.empty((flat.size + 7) // 8, dtype=np.uint8)
-        kernels.compress(flat, mask, values, bits, tasks)  # one parallel pass, values and bits together
+        kernels.compress(flat, mask, values, bits)  # one pass, values and bits together
         return cls(torch.from_numpy(values), torch.from_numpy(bits), t.shape)
 
     def to_dense(self) -> torch.Tensor:
@@ -82,7 +81,7 @@ class CompressedTensor:
             out = torch.zeros(self.shape, dtype=self.values.dtype, device=self.values.device)
             return out.masked_scatter_(keep, self.values)
         out = torch.empty(self.shape, dtype=self.values.dtype)
-        kernels.decompress(self.values.numpy(), self.bitmap.numpy(), out.view(-1).numpy(), 4 * torch.get_num_threads())
+        kernels.decompress(self.values.numpy(), self.bitmap.numpy(), out.view(-1).numpy())
         return out
 
 

@@ -9,6 +9,7 @@ with the same seed, so a global batch is the same everywhere and each rank takes
 
 from __future__ import annotations
 
+import gc
 import os
 from dataclasses import dataclass
 
@@ -41,6 +42,8 @@ def start() -> Ranks:
 def stop(where: Ranks) -> None:
     """Leave the process group `start` joined (one the caller made is left to the caller)."""
     if where.joined_here and dist.is_initialized():
+        gc.collect()  # DDP state and its gloo work objects go while the interpreter is fully alive
+        dist.barrier()  # no rank tears gloo down while another still talks to it (it aborts at exit otherwise)
         dist.destroy_process_group()
 
 
