@@ -8,7 +8,8 @@ floats). It reads the values as they are (no |v| temporary, no copy, no sort) an
 reads a device value on the host. NaN counts as +inf, as everywhere in SWAT.
 
 Compiled with numba (loaded on first use, so `import swat_fx` stays light); `available()` says whether
-it can run. `torch.kthvalue` gives the same values elsewhere (CUDA, or without numba).
+it can run. `torch.kthvalue` gives the same values elsewhere (CUDA, or without numba). The module also
+decides where the other compiled CPU kernels run (`compiled_for`) and wraps the fused threshold pass.
 """
 
 from __future__ import annotations
@@ -32,16 +33,18 @@ load only for the sizes where they pay off."""
 
 
 @functools.cache
-def kernels() -> Any:
-    """`swat_fx.cpu_kernels` (None without numba, or while torch.compile traces); numba compiles each
-    kernel on first use and caches it."""
-    if torch.compiler.is_compiling():
-        return None
+def _load() -> Any:
     try:
         from swat_fx import cpu_kernels
     except ImportError:
         return None
     return cpu_kernels
+
+
+def kernels() -> Any:
+    """`swat_fx.cpu_kernels` (None without numba, or while torch.compile traces); numba compiles each
+    kernel on first use and caches it."""
+    return None if torch.compiler.is_compiling() else _load()
 
 
 def available(t: torch.Tensor) -> bool:
