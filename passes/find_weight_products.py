@@ -322,8 +322,9 @@ def unsparsifiable(gm: fx.GraphModule, node: fx.Node) -> DenseProduct | None:
             return None
         kind = type(module).__name__
         if type(module).__module__.startswith("torch.nn"):
-            detail = (f"symbolic tracing keeps torch.nn.{kind} whole; pass example_inputs to trace it with "
-                      "torch.export" if kind == "MultiheadAttention" else f"SWAT does not sparsify {kind}")
+            detail = (f"symbolic tracing keeps torch.nn.{kind} whole unless it is plain self-attention; pass "
+                      "example_inputs to trace it with torch.export" if kind == "MultiheadAttention"
+                      else f"SWAT does not sparsify {kind}")
             reason = DenseReason.UNSUPPORTED_OP if kind != "MultiheadAttention" else DenseReason.LEAF_MODULE
         else:
             reason, detail = DenseReason.LEAF_MODULE, "remove it from leaf_modules, or pass example_inputs"

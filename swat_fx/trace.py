@@ -21,6 +21,7 @@ import torch.nn as nn
 
 from swat_fx.checkpoint_regions import CHECKPOINT_META, RegionTracker, tagging_checkpoint_regions
 from swat_fx.schedule import IterationClock, clocks
+from swat_fx.trace_attention import self_attention, traceable_call
 from swat_fx.trace_export import export_trace
 
 
@@ -172,9 +173,17 @@ class SwatTracer(fx.Tracer):
 
     def call_module(self, m: nn.Module, forward: Any, args: Any, kwargs: Any) -> Any:
         outer, self.current_module = self.current_module, self.path_of_module(m)
-        result = super().call_module(m, forward, args, kwargs)
+        traceable = (traceable_call(m, args, kwargs) if type(m) is nn.MultiheadAttention
+                     and not self._user_leaf(m, self.current_module) else None)
+        if traceable is not None:  # its projections become weight products
+            result = self_attention(m, **traceable)
+        else:
+            result = super().call_module(m, forward, args, kwargs)
         self.current_module = outer
         return result
+
+    def _user_leaf(self, m: nn.Module, name: str) -> bool:
+        return isinstance(m, self.leaf_types) or name in self.leaf_names
 
 
 class Tracer(enum.Enum):

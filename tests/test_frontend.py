@@ -208,22 +208,51 @@ class WrappedAttention(nn.Module):
         return self.head(fused_attention(x, self.qkv, self.proj))
 
 
-def test_multihead_attention_is_sparsified_by_export_and_reported_by_symbolic_tracing() -> None:
+@pytest.mark.parametrize("tracer", ["fx", "export"])
+def test_multihead_self_attention_is_sparsified_by_both_tracers(tracer: str) -> None:
     torch.manual_seed(0)
     model = VitBlock().double()
     x = torch.randn(3, 5, 16, dtype=torch.float64)
-    with pytest.warns(UserWarning, match=r"leaves 1 of the 3 weight products of VitBlock dense: 1 inside a leaf"):
-        symbolic = swat_fx.transform(model, SPARSITY, sparsify_first=True)
-    dense = [info for info in swat_fx.layers(symbolic) if not info.sparsified]
-    assert [(i.name, i.kind, i.dense_reason) for i in dense] == [
-        ("self_attention", "MultiheadAttention", swat_fx.DenseReason.LEAF_MODULE)]
-    assert "example_inputs" in dense[0].note
-
-    exported = swat_fx.transform(model, SPARSITY, example_inputs=(x,), sparsify_first=True)
-    infos = swat_fx.layers(exported)
+    inputs = {"example_inputs": (x,)} if tracer == "export" else {}
+    transformed = swat_fx.transform(model, SPARSITY, sparsify_first=True, **inputs)
+    infos = swat_fx.layers(transformed)
     assert [i.name for i in infos] == ["self_attention.in_proj_weight", "self_attention.out_proj", "mlp.0", "mlp.2"]
     assert all(info.sparsified for info in infos)
-    _check_against_reference(model, exported, (x,), {})
+    _check_against_reference(model, transformed, (x,), {})
+
+
+class Attention(nn.Module):
+    def __init__(self, batch_first: bool, need_weights: bool, average: bool, cross: bool = False) -> None:
+        super().__init__()
+        self.attention = nn.MultiheadAttention(16, 4, batch_first=batch_first)
+        self.options, self.cross = {"need_weights": need_weights, "average_attn_weights": average}, cross
+        self.head = nn.Linear(16, 3)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        y, weights = self.attention(x, x * 2 if self.cross else x, x, **self.options)
+        return self.head(y), weights
+
+
+@pytest.mark.parametrize("average", [True, False])
+@pytest.mark.parametrize("need_weights", [True, False])
+@pytest.mark.parametrize("batch_first", [True, False])
+def test_symbolic_tracing_enters_self_attention_exactly_as_torch_computes_it(batch_first: bool, need_weights: bool,
+                                                                           average: bool) -> None:
+    torch.manual_seed(0)
+    model = Attention(batch_first, need_weights, average).double()
+    x = torch.randn(2, 5, 16, dtype=torch.float64)
+    transformed = swat_fx.transform(model, algorithm="dense")
+    for actual, expected in zip(transformed(x), model(x), strict=True):
+        assert (actual is None and expected is None) or torch.equal(actual, expected)
+
+
+def test_cross_attention_is_reported_dense_by_symbolic_tracing() -> None:
+    with pytest.warns(UserWarning, match=r"leaves 1 of the 2 weight products of Attention dense: 1 inside a leaf"):
+        transformed = swat_fx.transform(Attention(True, False, True, cross=True), SPARSITY, sparsify_first=True)
+    dense = [info for info in swat_fx.layers(transformed) if not info.sparsified]
+    assert [(i.name, i.kind, i.dense_reason) for i in dense] == [
+        ("attention", "MultiheadAttention", swat_fx.DenseReason.LEAF_MODULE)]
+    assert "example_inputs" in dense[0].note
 
 
 def test_a_wrapped_attention_function_is_reported_by_symbolic_tracing_and_sparsified_by_export() -> None:
