@@ -257,3 +257,36 @@ def test_dense_forward_algorithms_match_the_original_model_exactly(algorithm: st
     transformed = swat_fx.transform(model, 0.9, algorithm=algorithm).eval()
     x = torch.randn(5, 1, 8, 8)
     assert torch.equal(transformed(x), model(x))
+
+
+# Layers whose weights and activations are large enough (>= 65,536 entries) for the compiled CPU
+# kernels: the radix select, the fused threshold pass, compressed storage and the bit-mask ReLU.
+LARGE_CASES = {
+    "conv2d": ("conv2d", lambda: nn.Conv2d(64, 128, 3, padding=1), (2, 64, 24, 24), {"padding": 1}),
+    "linear": ("linear", lambda: nn.Linear(300, 400), (3, 80, 300), {}),
+}
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("kernel", ["masked", "compressed"])
+@pytest.mark.parametrize("granularity", ["nchw", "chw"])
+@pytest.mark.parametrize("algorithm", ["swat", "saw", "meprop"])
+@pytest.mark.parametrize("case", sorted(LARGE_CASES))
+def test_the_compiled_paths_match_the_reference(case: str, algorithm: str, granularity: str, kernel: str,
+                                               dtype: torch.dtype) -> None:
+    kind, factory, shape, conv_kwargs = LARGE_CASES[case]
+    torch.manual_seed(0)
+    layer = factory().to(dtype)
+    model = swat_fx.transform(nn.Sequential(nn.ReLU(), layer), SPARSITY, granularity=granularity,
+                              algorithm=algorithm, kernel=kernel, sparsify_first=True)
+    x = torch.randn(shape, dtype=dtype, requires_grad=True)
+    y = model(x)
+    g = torch.randn_like(y)
+    y.backward(g)
+    relu_x = torch.relu(x.detach())
+    ref = ref_layer(kind, relu_x, layer.weight.detach(), layer.bias.detach(), g, algorithm, 1 - SPARSITY,
+                    granularity, **conv_kwargs)
+    torch.testing.assert_close(y.detach(), ref["y"], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(model.get_parameter("1.weight").grad, ref["dw"], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(x.grad, torch.where(x.detach() > 0, ref["dx"], torch.zeros((), dtype=dtype)),
+                               rtol=1e-5, atol=1e-5)
