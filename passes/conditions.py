@@ -23,8 +23,7 @@ def _records_name_parameters(gm: fx.GraphModule) -> str | None:
             shape = tuple(gm.get_parameter(record.weight).shape)
         except AttributeError:
             return f"node {node.name!r} records weight {record.weight!r}, which is no parameter of the model"
-        used = shape[::-1] if record.transpose_weight else shape
-        if used != record.weight_shape:
+        if record.used_shape(shape) != record.weight_shape:
             return f"node {node.name!r} records weight shape {record.weight_shape}, the parameter is {shape}"
     return None
 

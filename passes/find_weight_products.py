@@ -30,11 +30,12 @@ _CONV_FUNCTIONS = {
     aten.conv1d.padding, aten.conv2d.padding, aten.conv3d.padding,
 }
 _LINEAR_FUNCTIONS = {F.linear, aten.linear.default}
-_MATMUL_FUNCTIONS = {operator.matmul, torch.matmul, torch.mm, aten.mm.default, aten.matmul.default}
+_MATMUL_FUNCTIONS = {operator.matmul, torch.matmul, torch.mm, aten.mm.default, aten.matmul.default, torch.bmm,
+                     aten.bmm.default}
 _ADDMM_FUNCTIONS = {torch.addmm, aten.addmm.default}
 _EINSUM_FUNCTIONS = {torch.einsum, aten.einsum.default}
 _OTHER_PRODUCTS = {
-    torch.bmm, aten.bmm.default, torch.baddbmm, aten.baddbmm.default, torch.addbmm, aten.addbmm.default,
+    torch.baddbmm, aten.baddbmm.default, torch.addbmm, aten.addbmm.default,
     torch.mv, aten.mv.default, torch.addmv, aten.addmv.default, torch.tensordot, aten.tensordot.default,
     F.conv_transpose1d, F.conv_transpose2d, F.conv_transpose3d, aten.conv_transpose1d.default,
     aten.conv_transpose2d.input, aten.conv_transpose3d.input, aten.convolution.default,
@@ -86,33 +87,152 @@ def _param_name(gm: fx.GraphModule, node: Any) -> str | None:
     return node.target
 
 
-def is_transpose(node: fx.Node) -> bool:
-    """The transpose of a matrix: `t.T`, `t.mT`, `t.t()`, `t.transpose(0, 1)`, `t.permute(1, 0)`, or the
-    ATen ops they become."""
-    swapped = ({0, 1}, {0, -1}, {-2, -1}, {1, -2})
+def is_transpose(node: fx.Node, ndim: int = 2) -> bool:
+    """Whether `node` swaps the last two dims of a rank-`ndim` tensor: `t.T` (2-D), `t.mT`, `t.t()`,
+    `t.transpose(-2, -1)`, `t.permute(...)`, or the ATen ops they become."""
+    last_two = {ndim - 2, ndim - 1}
     if node.op == "call_function" and node.target is getattr:
-        return node.args[1] in ("T", "mT")
+        return node.args[1] == "mT" or (node.args[1] == "T" and ndim == 2)
     if node.op == "call_method" or node.target in _TRANSPOSES:
         name = node.target if node.op == "call_method" else getattr(node.target, "__name__", "")
         name = name.split(".")[0]
         dims = node.args[1:]
-        if name in ("t", "numpy_T", "mT", "mH", "adjoint"):
+        if name in ("mT", "mH", "adjoint") or (name in ("t", "numpy_T") and ndim == 2):
             return True
         if name in ("transpose", "swapaxes", "movedim"):
-            return len(dims) == 2 and set(dims) in swapped
+            return len(dims) == 2 and all(isinstance(d, int) for d in dims) and {d % ndim for d in dims} == last_two
         if name == "permute":
             order = dims[0] if len(dims) == 1 else dims
-            return list(order) in ([1, 0], [-1, -2], [-1, 0], [1, -2])
+            swapped = [*range(ndim - 2), ndim - 1, ndim - 2]
+            return all(isinstance(d, int) for d in order) and [d % ndim for d in order] == swapped
     return False
 
 
-def _transposed_param(gm: fx.GraphModule, node: Any) -> fx.Node | None:
-    """The `get_attr` node of W if `node` is the transpose of a 2-D parameter W."""
-    if not isinstance(node, fx.Node) or not is_transpose(node):
+_SPLITS = {aten.split.Tensor, aten.split_with_sizes.default, aten.chunk.default, torch.split, torch.chunk}
+_SLICES = {aten.slice.Tensor, aten.narrow.default, torch.narrow}
+
+
+class WeightSource(NamedTuple):
+    """What a graph value is as a weight: the parameter `name` itself, or a static slice (dim, start,
+    stop) of it, and the shape of the value."""
+
+    name: str
+    slice: tuple[int, int, int] | None
+    shape: tuple[int, ...]
+
+
+def _split_bounds(size: int, node: fx.Node) -> list[tuple[int, int]] | None:
+    """The (start, stop) of each piece of a `split`/`chunk` of a dim of `size` entries."""
+    name = node.target if node.op == "call_method" else getattr(node.target, "__name__", "")
+    arg = node.args[1] if len(node.args) > 1 else node.kwargs.get("chunks", node.kwargs.get("split_size"))
+    if name.split(".")[0] == "chunk":
+        if not isinstance(arg, int) or arg < 1:
+            return None
+        step = -(-size // arg)
+        sizes = [min(step, size - start) for start in range(0, size, step)]
+    elif isinstance(arg, int):
+        sizes = [min(arg, size - start) for start in range(0, size, arg)]
+    elif isinstance(arg, (list, tuple)) and all(isinstance(n, int) for n in arg):
+        sizes = list(arg)
+    else:
         return None
-    source = node.args[0]
-    name = _param_name(gm, source)
-    return source if name is not None and gm.get_parameter(name).dim() == 2 else None
+    starts = [sum(sizes[:i]) for i in range(len(sizes))]
+    return [(start, start + n) for start, n in zip(starts, sizes, strict=True)]
+
+
+def _positional(node: fx.Node, first: int, defaults: tuple[Any, ...]) -> tuple[Any, ...]:
+    """`node.args[first:]`, completed by `defaults`."""
+    given = tuple(node.args[first:first + len(defaults)])
+    return given + defaults[len(given):]
+
+
+def _dim_arg(node: fx.Node, position: int) -> Any:
+    return node.args[position] if len(node.args) > position else node.kwargs.get("dim", 0)
+
+
+def _sliced_dim(gm: fx.GraphModule, value: Any, dim: Any) -> tuple[str, int, int, int] | None:
+    """(parameter, dim, size, offset) of dim `dim` of `value`, a parameter or a static slice of one (a
+    slice of a slice along the same dim adds up; along another dim it is no contiguous slice)."""
+    source = weight_source(gm, value)
+    if source is None or not isinstance(dim, int) or not -len(source.shape) <= dim < len(source.shape):
+        return None
+    dim %= len(source.shape)
+    if source.slice is None:
+        return source.name, dim, source.shape[dim], 0
+    sliced, offset, _ = source.slice
+    return (source.name, dim, source.shape[dim], offset) if sliced == dim else None
+
+
+def _narrowed(found: tuple[str, int, int, int] | None, bounds: slice) -> tuple[str, tuple[int, int, int]] | None:
+    """The slice `bounds` (step 1) of the dim `found` describes, in the parameter's coordinates."""
+    if found is None or bounds.step not in (None, 1):
+        return None
+    param, dim, size, offset = found
+    start, stop, _ = bounds.indices(size)
+    return (param, (dim, offset + start, offset + stop)) if start < stop else None
+
+
+def _static_slice(gm: fx.GraphModule, node: fx.Node) -> tuple[str, tuple[int, int, int]] | None:
+    """(parameter, (dim, start, stop)) when `node` is a slice of a parameter with static bounds: a piece
+    of a `split`/`chunk`, `narrow`, `w[a:b]` or ATen `slice` (step 1)."""
+    if node.target is operator.getitem and isinstance(node.args[0], fx.Node):
+        source, index = node.args
+        is_split = (source.op == "call_function" and source.target in _SPLITS) or (
+            source.op == "call_method" and source.target in ("split", "chunk"))
+        if is_split and isinstance(index, int):
+            found = _sliced_dim(gm, source.args[0], _dim_arg(source, 2))
+            bounds = None if found is None else _split_bounds(found[2], source)
+            if bounds is None or not -len(bounds) <= index < len(bounds):
+                return None
+            return _narrowed(found, slice(*bounds[index]))
+        index = index if isinstance(index, tuple) else (index,)
+        narrowed = [d for d, part in enumerate(index) if part != slice(None)]
+        if len(narrowed) != 1 or not all(isinstance(part, slice) for part in index):
+            return None
+        return _narrowed(_sliced_dim(gm, source, narrowed[0]), index[narrowed[0]])
+    if node.target in _SLICES or (node.op == "call_method" and node.target == "narrow"):
+        found = _sliced_dim(gm, node.args[0], _dim_arg(node, 1))
+        if found is None:
+            return None
+        if node.target == aten.slice.Tensor:
+            start, stop, step = _positional(node, 2, (None, None, 1))
+            if not all(isinstance(v, int) or v is None for v in (start, stop)):
+                return None
+            return _narrowed(found, slice(start, stop, step))
+        start, length = _positional(node, 2, (None, None))
+        if not isinstance(start, int) or not isinstance(length, int):
+            return None
+        start %= found[2]
+        return _narrowed(found, slice(start, start + length))
+    return None
+
+
+def weight_source(gm: fx.GraphModule, node: Any) -> WeightSource | None:
+    """The parameter (or static slice of one) a graph value is, or None for anything else."""
+    if not isinstance(node, fx.Node):
+        return None
+    param = _param_name(gm, node)
+    if param is not None:
+        return WeightSource(param, None, tuple(gm.get_parameter(param).shape))
+    if node.op not in ("call_function", "call_method"):
+        return None
+    found = _static_slice(gm, node)
+    if found is None:
+        return None
+    param, (dim, start, stop) = found
+    shape = list(gm.get_parameter(param).shape)
+    shape[dim] = stop - start
+    return WeightSource(param, (dim, start, stop), tuple(shape))
+
+
+def transposed_weight(gm: fx.GraphModule, node: Any) -> tuple[fx.Node, WeightSource] | None:
+    """The node of W and what it is, if `node` swaps the last two dims of a (sliced) parameter W."""
+    if not isinstance(node, fx.Node) or not node.args or not isinstance(node.args[0], fx.Node):
+        return None
+    source = weight_source(gm, node.args[0])
+    if source is None or len(source.shape) < 2 or not is_transpose(node, len(source.shape)):
+        return None
+    return node.args[0], source
 
 
 def _ntuple(value: Any, n: int) -> Any:
@@ -121,10 +241,22 @@ def _ntuple(value: Any, n: int) -> Any:
     return tuple(value) if isinstance(value, (tuple, list)) else (value,) * n
 
 
-def _layer_name(param: str) -> str:
+def _layer_name(source: WeightSource) -> str:
     """A product found as a function call is named after its parameter, or after the module owning the
-    parameter when it is that module's `weight` (so an `nn.Linear` has its own name under both tracers)."""
-    return param.removesuffix(".weight")
+    parameter when it is that module's `weight` (so an `nn.Linear` has its own name under both tracers);
+    a slice adds its bounds (`attn.in_proj_weight.rows_16_32`)."""
+    name = source.name.removesuffix(".weight")
+    if source.slice is None:
+        return name
+    dim, start, stop = source.slice
+    return f"{name}.{ {0: 'rows', 1: 'cols'}.get(dim, f'dim{dim}') }_{start}_{stop}"
+
+
+def _product(kind: str, source: WeightSource, transposed: bool = False, **fields: Any) -> WeightProduct:
+    """The record of a product reading `source` (stored [in, out] when `transposed`)."""
+    shape = (*source.shape[:-2], source.shape[-1], source.shape[-2]) if transposed else source.shape
+    return WeightProduct(_layer_name(source), kind, source.name, shape, transpose_weight=transposed,
+                         weight_slice=source.slice, **fields)
 
 
 def _from_module(gm: fx.GraphModule, node: fx.Node) -> Found | None:
@@ -159,18 +291,16 @@ def _from_function(gm: fx.GraphModule, node: fx.Node) -> Found | None:
     if node.target in _CONV_FUNCTIONS or node.target in _LINEAR_FUNCTIONS:
         names = _CONV_ARG_NAMES if node.target in _CONV_FUNCTIONS else _CONV_ARG_NAMES[:3]
         args = {**_CONV_DEFAULTS, **dict(zip(names, node.args, strict=False)), **node.kwargs}
-        param = _param_name(gm, args["weight"])
-        if param is None or _from_parameters(gm, args["input"]):
+        source = weight_source(gm, args["weight"])
+        if source is None or _from_parameters(gm, args["input"]):
             return None
-        shape = tuple(gm.get_parameter(param).shape)
         operands = Operands(args["input"], args["weight"], args["bias"])
         bias = {"has_bias": args["bias"] is not None, "bias": _param_name(gm, args["bias"])}
-        name = _layer_name(param)
         if node.target in _LINEAR_FUNCTIONS:
-            return WeightProduct(name, "linear", param, shape, **bias), operands
-        n = len(shape) - 2
+            return _product("linear", source, **bias), operands
+        n = len(source.shape) - 2
         conv = ConvArgs(*(_ntuple(args[key], n) for key in ("stride", "padding", "dilation")), args["groups"])
-        return WeightProduct(name, f"conv{n}d", param, shape, conv=conv, **bias), operands
+        return _product(f"conv{n}d", source, conv=conv, **bias), operands
     if node.target in _MATMUL_FUNCTIONS and len(node.args) == 2 and not node.kwargs:
         return _from_matmul(gm, node, *node.args)
     if node.target in _ADDMM_FUNCTIONS:
@@ -181,45 +311,58 @@ def _from_function(gm: fx.GraphModule, node: fx.Node) -> Found | None:
 
 
 def _from_matmul(gm: fx.GraphModule, node: fx.Node, x: Any, right: Any, bias: Any = None) -> Found | None:
-    """`x @ W.T` is linear(x, W); `x @ W` with a 2-D parameter (stored [in, out]) is linear(x, W.t())."""
+    """`x @ W.T` is linear(x, W); `x @ W` with a parameter W stored [in, out] is linear(x, W.t()); a
+    weight with leading dims (`bmm`, a 3-D `matmul`) is a batched linear of weight [..., out, in]; a
+    weight on the left, `W @ x`, is a linear on x with its last two dims swapped (`weight_left`)."""
+    if _from_parameters(gm, x):
+        return _weight_on_the_left(gm, x, right) if bias is None else None
+    has_bias = {"has_bias": bias is not None, "bias": _param_name(gm, bias)}
+    if bias is not None and (_rank(gm, bias) != 1 or _rank(gm, right) != 2):
+        return None
+    transposed = transposed_weight(gm, right)
+    if transposed is not None:
+        return _product("linear", transposed[1], **has_bias), Operands(x, transposed[0], bias)
+    source = weight_source(gm, right)
+    if source is not None and len(source.shape) >= 2:
+        return _product("linear", source, transposed=True, **has_bias), Operands(x, right, bias)
+    return None
+
+
+def _weight_on_the_left(gm: fx.GraphModule, left: Any, x: Any) -> Found | None:
+    """`W @ x` (W [..., out, in], or `W.T @ x` with W stored [in, out]) for an activation x."""
     if _from_parameters(gm, x):
         return None
-    has_bias = {"has_bias": bias is not None, "bias": _param_name(gm, bias)}
-    source = _transposed_param(gm, right)
-    if source is not None:
-        shape = tuple(gm.get_parameter(source.target).shape)
-        record = WeightProduct(_layer_name(source.target), "linear", source.target, shape, **has_bias)
-        return record, Operands(x, source, bias)
-    param = _param_name(gm, right)
-    if param is not None and gm.get_parameter(param).dim() == 2:
-        rows, cols = gm.get_parameter(param).shape
-        record = WeightProduct(_layer_name(param), "linear", param, (cols, rows), transpose_weight=True,
-                               **has_bias)
-        return record, Operands(x, right, bias)
-    return None
+    transposed = transposed_weight(gm, left)
+    weight, source = transposed if transposed is not None else (left, weight_source(gm, left))
+    if source is None or len(source.shape) < 2:
+        return None
+    vector = _rank(gm, x) == 1  # W @ v is linear(v, W) as it stands
+    return _product("linear", source, transposed=transposed is not None, weight_left=not vector), \
+        Operands(x, weight, None)
 
 
 def _from_addmm(gm: fx.GraphModule, node: fx.Node) -> Found | None:
     """`addmm(b, x, W)` (GPT-2's `Conv1D`, W stored [in, out]) with a 1-D bias and unit scales."""
     names = ("input", "mat1", "mat2", "beta", "alpha")
     args = {"beta": 1, "alpha": 1, **dict(zip(names, node.args, strict=False)), **node.kwargs}
-    if args["beta"] != 1 or args["alpha"] != 1 or _rank(gm, args["input"]) != 1:
+    if args["beta"] != 1 or args["alpha"] != 1:
         return None
     return _from_matmul(gm, node, args["mat1"], args["mat2"], bias=args["input"])
 
 
 def _rank(gm: fx.GraphModule, value: Any) -> int | None:
     """The number of dims of a graph value, where the graph knows it (a parameter, or export's metadata)."""
-    param = _param_name(gm, value)
-    if param is not None:
-        return gm.get_parameter(param).dim()
+    source = weight_source(gm, value)
+    if source is not None:
+        return len(source.shape)
     example = value.meta.get("val") if isinstance(value, fx.Node) else None
     return example.dim() if isinstance(example, torch.Tensor) else None
 
 
 def _from_einsum(gm: fx.GraphModule, node: fx.Node) -> Found | None:
     """An einsum that is a linear layer: `"...i,oi->...o"` (or with the weight stored `io`), the
-    activation's last dim contracted with a 2-D parameter."""
+    activation's last dim contracted with a 2-D parameter; or a batched one, `"bni,boi->bno"`, whose
+    weight's leading subscripts lead the activation and the output too."""
     equation, *operands = node.args
     if len(operands) == 1 and isinstance(operands[0], (list, tuple)):
         operands = list(operands[0])
@@ -232,21 +375,22 @@ def _from_einsum(gm: fx.GraphModule, node: fx.Node) -> Found | None:
     for x_index in (0, 1):
         x, w = operands[x_index], operands[1 - x_index]
         x_sub, w_sub = subscripts[x_index], subscripts[1 - x_index]
-        param = _param_name(gm, w)
-        if (param is None or len(w_sub) != 2 or gm.get_parameter(param).dim() != 2 or not x_sub
-                or len(set(x_sub)) != len(x_sub) or _from_parameters(gm, x)):
+        flipped = transposed_weight(gm, w)  # the einsum reads W with its last two dims swapped
+        w, source = flipped if flipped is not None else (w, weight_source(gm, w))
+        if (source is None or len(w_sub) != len(source.shape) or len(w_sub) < 2 or not x_sub
+                or len(set(x_sub)) != len(x_sub) or len(set(w_sub)) != len(w_sub) or _from_parameters(gm, x)):
             continue
+        batch, pair = w_sub[:-2], w_sub[-2:]
+        if batch and (len(x_sub) != len(w_sub) or not x_sub.startswith(batch)):
+            continue  # a batched weight multiplies [*batch, n, in] activations, as bmm does
         contracted = x_sub[-1]
-        if contracted in output:  # kept, not summed: no linear layer (e.g. a diagonal "ii,oi->io")
+        if contracted not in pair or contracted in output:  # kept, not summed: no linear layer
             continue
-        kept = (set(w_sub) - {contracted}).pop() if contracted in w_sub and len(set(w_sub)) == 2 else None
-        if kept is None or kept in x_sub or output != x_sub[:-1] + kept:
+        kept = pair.replace(contracted, "")
+        if kept in x_sub or output != x_sub[:-1] + kept:
             continue
-        shape = tuple(gm.get_parameter(param).shape)
-        transposed = w_sub[0] == contracted
-        used = shape[::-1] if transposed else shape
-        record = WeightProduct(_layer_name(param), "linear", param, used, transpose_weight=transposed)
-        return record, Operands(x, w, None)
+        transposed = (pair[0] == contracted) != (flipped is not None)  # W itself is stored [..., in, out]
+        return _product("linear", source, transposed=transposed), Operands(x, w, None)
     return None
 
 
@@ -256,7 +400,7 @@ def describe(gm: fx.GraphModule, node: fx.Node) -> Found | None:
         return _from_module(gm, node)
     if node.op == "call_function":
         return _from_function(gm, node)
-    if node.op == "call_method" and node.target == "matmul" and len(node.args) == 2:
+    if node.op == "call_method" and node.target in ("matmul", "mm", "bmm") and len(node.args) == 2:
         return _from_matmul(gm, node, *node.args)
     return None
 
@@ -322,7 +466,8 @@ def unsparsifiable(gm: fx.GraphModule, node: fx.Node) -> DenseProduct | None:
             return None
         kind = type(module).__name__
         if type(module).__module__.startswith("torch.nn"):
-            detail = (f"symbolic tracing keeps torch.nn.{kind} whole unless it is plain self-attention; pass "
+            detail = (f"symbolic tracing keeps torch.nn.{kind} whole when it has masks, extra key/value "
+                      "biases, dropout or other key/value sizes; pass "
                       "example_inputs to trace it with torch.export" if kind == "MultiheadAttention"
                       else f"SWAT does not sparsify {kind}")
             reason = DenseReason.UNSUPPORTED_OP if kind != "MultiheadAttention" else DenseReason.LEAF_MODULE
@@ -350,8 +495,9 @@ def unsparsifiable(gm: fx.GraphModule, node: fx.Node) -> DenseProduct | None:
     op = _target_name(node.target)
     if is_product:
         return DenseProduct(params[0], op, shape, DenseReason.UNSUPPORTED_OP,
-                            "SWAT sparsifies conv/linear-like products of a whole parameter "
-                            "(a batched, transposed-conv or sliced weight is not one)")
+                            "SWAT sparsifies conv/linear/matmul/einsum products of a parameter, batched or "
+                            "not, or of a contiguous slice of one; not a weight picked by an index or a "
+                            "strided slice, a transposed conv, a bias-added batched product (baddbmm)...")
     module = getattr(node.target, "__module__", None) or ""
     if node.op == "call_function" and not module.startswith(("torch", "_operator", "builtins", "math", "swat_fx")):
         return DenseProduct(params[0], op, shape, DenseReason.OPAQUE_FUNCTION,

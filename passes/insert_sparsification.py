@@ -7,6 +7,8 @@ Every op with sparsity > 0 and at least one site is replaced by
     y = swat_fx.ops.conv(x, weight, bias, ..., weight_fwd=..., weight_bwd=..., input_bwd=...)
     {layer}_g_s = self.swat.{layer}.g_topk(y)        # G_s in the backward, for bw_g
 
+(`W @ x`, a weight on the left, reads `x.transpose(-2, -1)` and returns its result transposed back.)
+
 Every node added for an op inside a `torch.utils.checkpoint` region joins that region. The `TopK`
 modules live under the `swat` submodule, mirroring the layer's qualified name
 (`contract.site_target`), so their state is in `state_dict()`. Parameters keep their original names:
@@ -24,7 +26,7 @@ from swat_fx import ops
 from swat_fx.checkpoint_regions import copy_region
 from swat_fx.contract import Slot, WeightProduct, record_of, site_target, weight_product_nodes
 from swat_fx.passes.conditions import BACKEND_NEUTRAL, BUDGETS_ASSIGNED, SITES_INSERTED
-from swat_fx.passes.find_weight_products import is_transpose, operands_of
+from swat_fx.passes.find_weight_products import operands_of, transposed_weight
 from swat_fx.passes.pass_base import SwatPass
 from swat_fx.schedule import IterationClock
 from swat_fx.topk import TopK
@@ -54,12 +56,15 @@ def _rewrite(gm: fx.GraphModule, node: fx.Node, op: WeightProduct, **common: Any
     operands = operands_of(gm, node)
     x = operands.input
     with graph.inserting_before(node):
+        if op.weight_left:  # W @ x = (xᵀ Wᵀ)ᵀ: features last, as a linear reads them
+            x = graph.call_method("transpose", (x, -2, -1))
         if op.pad_mode is not None:
             mode, pad = op.pad_mode
             x = graph.call_function(F.pad, (x, pad), {"mode": mode})
         weight = _operand(graph, operands.weight)
-        if op.transpose_weight:
-            weight = graph.call_method("t", (weight,))
+        if op.transpose_weight:  # the op takes [..., out, in]
+            swap = ("t", (weight,)) if len(op.weight_shape) == 2 else ("transpose", (weight, -2, -1))
+            weight = graph.call_method(*swap)
         bias = _operand(graph, operands.bias)
         kwargs: dict = {}
         if sites & {"fw_w", "bw_w"}:
@@ -75,21 +80,23 @@ def _rewrite(gm: fx.GraphModule, node: fx.Node, op: WeightProduct, **common: Any
         result = graph.create_node("call_function", target, (x, weight, bias), {**conv, **kwargs},
                                    name=_node_name(op, "_y"))
         result.meta.update(node.meta)
+    output = result
     if "bw_g" in sites:
-        with graph.inserting_after(result):
-            output = _sparsify(gm, op, Slot.GRAD, result, **common)
-    else:
-        output = result
+        with graph.inserting_after(output):
+            output = _sparsify(gm, op, Slot.GRAD, output, **common)
+    if op.weight_left:
+        with graph.inserting_after(output):
+            output = graph.call_method("transpose", (output, -2, -1))
     copy_region(node, *(n for n in graph.nodes if n not in before and n.op != "get_attr"))
     node.replace_all_uses_with(output)
     graph.erase_node(node)
 
 
-def _erase_dead_transposes(graph: fx.Graph) -> None:
+def _erase_dead_transposes(gm: fx.GraphModule) -> None:
     """`W.T` nodes that fed a rewritten matmul are no longer used."""
-    for node in reversed(graph.nodes):
-        if not node.users and is_transpose(node):
-            graph.erase_node(node)
+    for node in reversed(gm.graph.nodes):
+        if not node.users and transposed_weight(gm, node) is not None:
+            gm.graph.erase_node(node)
 
 
 class InsertSparsification(SwatPass):
@@ -111,5 +118,5 @@ class InsertSparsification(SwatPass):
             op = record_of(node)
             if op.sparsified:
                 _rewrite(gm, node, op, **common)
-        _erase_dead_transposes(gm.graph)
+        _erase_dead_transposes(gm)
         return gm

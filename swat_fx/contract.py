@@ -100,8 +100,11 @@ class WeightProduct:
     """One call site of a conv or linear whose weight is a parameter, and the SWAT plan for it.
 
     `name` is the layer's qualified name (`name@1`, `name@2`... for further call sites of one weight);
-    `weight` the parameter's qualified name and `weight_shape` its shape as the op uses it
-    ([out, in] for a linear, even when the parameter is stored [in, out]: `transpose_weight`); `bias`
+    `weight` the parameter's qualified name and `weight_shape` the shape the op uses: [out, in] for a
+    linear, even when it is stored [in, out] (`transpose_weight`), and [..., out, in] for a batched
+    weight (`bmm`, a batched `einsum`: a product per leading index). `weight_slice` = (dim, start,
+    stop) when the op reads a slice of the parameter (the q/k/v rows of a packed projection);
+    `weight_left` for `W @ x`, a linear on x with its last two dims swapped (so is its output); `bias`
     the bias parameter's name (None without a bias, or for a bias computed in the graph: `has_bias`).
     `sparsity` (None until budgeted), `sites`, `granularity` and `period` are set by `assign_budgets`;
     a product with sparsity 0 or no site stays dense, and `dense_reason` says which rule made it so.
@@ -114,6 +117,8 @@ class WeightProduct:
     has_bias: bool = False
     bias: str | None = None
     transpose_weight: bool = False
+    weight_slice: tuple[int, int, int] | None = None
+    weight_left: bool = False
     pad_mode: tuple[str, tuple[int, ...]] | None = None
     conv: ConvArgs | None = None
     sparsity: float | None = None
@@ -133,6 +138,21 @@ class WeightProduct:
 
     def replace(self, **changes: Any) -> WeightProduct:
         return dataclasses.replace(self, **changes)
+
+    def sliced_shape(self, parameter_shape: tuple[int, ...]) -> tuple[int, ...]:
+        """The shape of the part of the parameter the op reads, as stored."""
+        shape = list(parameter_shape)
+        if self.weight_slice is not None:
+            dim, start, stop = self.weight_slice
+            shape[dim] = stop - start
+        return tuple(shape)
+
+    def used_shape(self, parameter_shape: tuple[int, ...]) -> tuple[int, ...]:
+        """The shape the op uses, from the parameter's stored shape (sliced, then transposed)."""
+        shape = list(self.sliced_shape(parameter_shape))
+        if self.transpose_weight:
+            shape[-2:] = shape[:-3:-1]
+        return tuple(shape)
 
 
 @dataclass(frozen=True)

@@ -39,11 +39,17 @@ def mask_layout(role: str, layer: str, granularity: str, ndim: int) -> MaskLayou
     everything = _dims(0, ndim)
     if role == "grad":  # meProp: always per sample
         return MaskLayout((), _dims(1, ndim), (0,))
+    if role == "weight" and layer == "linear":  # [..., O, I]: each row (b, o) is one output's filter
+        if granularity in ("nchw", "kernel"):
+            return MaskLayout((), everything, ())
+        if granularity in ("chw", "hw"):
+            return MaskLayout((), (ndim - 1,), ())
+        return MaskLayout((ndim - 1,), everything, ())  # filter
     if role == "weight":
         rows = _dims(1, ndim)
         if granularity == "nchw":
             return MaskLayout((), everything, ())
-        if granularity == "chw" or (granularity == "hw" and layer == "linear"):
+        if granularity == "chw":
             return MaskLayout((), rows, ())
         if granularity == "hw":
             return MaskLayout((), _dims(2, ndim), ())

@@ -21,7 +21,7 @@ import torch.nn as nn
 
 from swat_fx.checkpoint_regions import CHECKPOINT_META, RegionTracker, tagging_checkpoint_regions
 from swat_fx.schedule import IterationClock, clocks
-from swat_fx.trace_attention import self_attention, traceable_call
+from swat_fx.trace_attention import attention, traceable_call
 from swat_fx.trace_export import export_trace
 
 
@@ -175,10 +175,8 @@ class SwatTracer(fx.Tracer):
         outer, self.current_module = self.current_module, self.path_of_module(m)
         traceable = (traceable_call(m, args, kwargs) if type(m) is nn.MultiheadAttention
                      and not self._user_leaf(m, self.current_module) else None)
-        if traceable is not None:  # its projections become weight products
-            result = self_attention(m, **traceable)
-        else:
-            result = super().call_module(m, forward, args, kwargs)
+        # entered, its projections become weight products
+        result = attention(m, **traceable) if traceable is not None else super().call_module(m, forward, args, kwargs)
         self.current_module = outer
         return result
 

@@ -118,6 +118,8 @@ def ref_mask(t: Tensor, density: float, granularity: str, role: str, layer: str)
       kernel = (o, i) kernels, filter = W[o], both by L1.
     * weight, linear [O, I]: nchw whole, chw and hw each row; kernel = single
       elements (= unstructured over the whole tensor); filter = rows by L1.
+      A batched linear weight [B, O, I] (bmm) is B weights stacked: the same
+      rules on its B*O rows.
     * input, conv [N, C, ...]: nchw whole, chw each X[n], hw each X[n, c];
       kernel / filter = channels by L1 over all other dims.
     * input, linear [..., F]: nchw whole, chw each X[n] (dim 0), hw each
@@ -152,9 +154,13 @@ def ref_mask(t: Tensor, density: float, granularity: str, role: str, layer: str)
             return _structured(t, 2, density)
         return _structured(t, 1, density)  # filter
 
+    if role == "weight" and t.dim() == 3:  # batched linear [B, O, I]: its B*O rows
+        rows = t.reshape(-1, t.shape[-1])
+        return ref_mask(rows, density, granularity, role, layer).reshape(t.shape)
+
     if role == "weight":  # linear [O, I]
         if t.dim() != 2:
-            raise ValueError("linear weight must be [O, I]")
+            raise ValueError("linear weight must be [O, I] (or [B, O, I] batched)")
         if granularity == "nchw" or granularity == "kernel":
             return _unstructured(t, 1, density)
         if granularity in ("chw", "hw"):
@@ -267,14 +273,15 @@ def ref_layer(
     product reads its operands rounded to this dtype, accumulates in float32 (as bfloat16/float16
     kernels do) and rounds its result to it; dW / db are returned in W's dtype.
 
-    kind: "conv1d", "conv2d", "conv3d" or "linear". ``g`` is dL/dY (Y's
+    kind: "conv1d", "conv2d", "conv3d", "linear" or "bmm" (x [B, N, I], w [B, O, I]:
+    B linear products, y[b] = x[b] w[b]^T, no bias). ``g`` is dL/dY (Y's
     shape). ``sites`` is a subset of {"fw_w", "fw_a", "bw_w", "bw_a",
     "bw_g"} or an algorithm name. conv_kwargs: stride, padding (int, tuple,
     "same" or "valid"), dilation, groups. Returns {"y", "dx", "dw", "db"};
     "db" is None when ``b`` is None. dW is the gradient of the dense W.
     """
     on = _resolve_sites(sites)
-    layer = "linear" if kind == "linear" else "conv"
+    layer = "linear" if kind in ("linear", "bmm") else "conv"
     if layer == "conv" and kind not in _KIND_DIMS:
         raise ValueError(f"unknown kind {kind!r}")
 
@@ -299,7 +306,7 @@ def ref_layer(
         if layer == "linear":
             if conv_kwargs:
                 raise ValueError(f"linear takes no conv kwargs: {sorted(conv_kwargs)}")
-            y, dx, dw, db = _linear(x_fwd, w_fwd, w_bwd, x_bwd, g_used, b)
+            y, dx, dw, db = (_linear if kind == "linear" else _bmm)(x_fwd, w_fwd, w_bwd, x_bwd, g_used, b)
         else:
             y, dx, dw, db = _conv(_KIND_DIMS[kind], x_fwd, w_fwd, w_bwd, x_bwd, g_used, b, **conv_kwargs)
 
@@ -326,6 +333,20 @@ def _linear(
     dw = g2.T @ x_bwd.reshape(-1, in_f)
     db = g2.sum(dim=0) if b is not None else None
     return y, dx, dw, db
+
+
+def _bmm(
+    x_fwd: Tensor, w_fwd: Tensor, w_bwd: Tensor, x_bwd: Tensor, g: Tensor, b: Tensor | None
+) -> tuple[Tensor, Tensor, Tensor, None]:
+    """One linear product per batch index b: Y[b] = X[b] W[b]^T, dX[b] = G[b] W[b], dW[b] = G[b]^T X[b]."""
+    if b is not None:
+        raise ValueError("bmm takes no bias")
+    if x_fwd.dim() != 3 or w_fwd.dim() != 3 or x_fwd.shape[0] != w_fwd.shape[0]:
+        raise ValueError(f"bmm needs x [B, N, I] and w [B, O, I], got {tuple(x_fwd.shape)}, {tuple(w_fwd.shape)}")
+    y = torch.stack([x_fwd[i] @ w_fwd[i].T for i in range(x_fwd.shape[0])])
+    dx = torch.stack([g[i] @ w_bwd[i] for i in range(g.shape[0])])
+    dw = torch.stack([g[i].T @ x_bwd[i] for i in range(g.shape[0])])
+    return y, dx, dw, None
 
 
 def _conv(

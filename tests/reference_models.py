@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import copy
 import math
+import operator
 import types
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass
@@ -37,6 +38,8 @@ def _output_shape(kind: str, x: Tensor, w: Tensor, conv_kwargs: dict) -> torch.S
     """Shape of the product's output, found on meta tensors (cheap, no arithmetic)."""
     if kind == "linear":
         return torch.Size((*x.shape[:-1], w.shape[0]))
+    if kind == "bmm":
+        return torch.Size((*x.shape[:-1], w.shape[-2]))
     conv = {"conv1d": F.conv1d, "conv2d": F.conv2d, "conv3d": F.conv3d}[kind]
     return conv(x.to("meta"), w.to("meta"), None, **conv_kwargs).shape
 
@@ -74,12 +77,13 @@ def ref_product(
     granularity: str,
     **conv_kwargs: object,
 ) -> Tensor:
-    """Differentiable SWAT product of kind "linear", "conv1d", "conv2d" or "conv3d".
+    """Differentiable SWAT product of kind "linear", "bmm" (x [B, N, I], w [B, O, I]), "conv1d", "conv2d"
+    or "conv3d".
 
     linear: y = x @ w.T + b, any leading dims (a 1-D x is treated as one row); conv: an unbatched
     input [C, ...] is treated as a batch of one, as ``nn.Conv*d`` does. ``b`` may be None.
     """
-    unbatched = (kind == "linear" and x.dim() == 1) or (kind != "linear" and x.dim() == w.dim() - 1)
+    unbatched = (kind == "linear" and x.dim() == 1) or (kind.startswith("conv") and x.dim() == w.dim() - 1)
     if unbatched:
         x = x.unsqueeze(0)
     y = RefProduct.apply(kind, x, w, b, sites, density, granularity, dict(conv_kwargs))
@@ -339,15 +343,20 @@ def _product_targets() -> frozenset:
 
 
 def _layout_ops() -> frozenset:
+    """Ops through which a product still reads (a part of) a parameter as its weight."""
     aten = torch.ops.aten
-    return frozenset({aten.t.default, aten.transpose.int, aten.permute.default})
+    return frozenset({aten.t.default, aten.transpose.int, aten.permute.default, aten.mT.default, aten.numpy_T.default,
+                      aten.chunk.default,
+                      aten.split.Tensor, aten.split_with_sizes.default, aten.slice.Tensor, aten.narrow.default,
+                      operator.getitem})
 
 
 def count_weight_products(model: nn.Module, args: tuple, kwargs: dict | None = None) -> int:
     """Number of weight products in ``torch.export`` of ``model`` (train mode, on a deep copy).
 
     A product is a call to linear / conv / addmm / mm / matmul / bmm / einsum with an operand that
-    is a parameter of >= 2 dims, read by ``get_attr`` directly or through t / transpose / permute.
+    is a parameter of >= 2 dims, read by ``get_attr`` directly or through t / transpose / permute, or a
+    piece of it (chunk / split / slice / narrow).
     """
     m = copy.deepcopy(model).train()
     gm = torch.export.export(m, tuple(args), kwargs or {}, strict=False).module()

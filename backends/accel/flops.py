@@ -29,11 +29,11 @@ TOPK_SELECT = 2 + 2 * math.log(2)
 at the median; Knuth): paid at refresh steps only, so 1/period of it per step."""
 
 
-def gemm_macs(output_numel: int, weight_shape: tuple[int, ...]) -> int:
-    """Conv [O, C/g, k...] or linear [O, F] weight: each output entry is a dot product of length
-    C/g·Πk (or F). Stride, padding and dilation enter only through the output shape; MACs against
-    padding zeros are counted, as everyone does."""
-    return output_numel * math.prod(weight_shape[1:])
+def gemm_macs(output_numel: int, weight_shape: tuple[int, ...], linear: bool) -> int:
+    """Conv [O, C/g, k...] or linear [..., O, F] weight (leading dims: a batched product): each output
+    entry is a dot product of length C/g·Πk (or F). Stride, padding and dilation enter only through the
+    output shape; MACs against padding zeros are counted, as everyone does."""
+    return output_numel * (weight_shape[-1] if linear else math.prod(weight_shape[1:]))
 
 
 def add_flops(output_numel: int, operands: int) -> int:

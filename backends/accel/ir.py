@@ -187,6 +187,8 @@ class _Builder:
         x_node = node.args[0] if node.args else node.kwargs["input"]
         x = self.value[x_node]
         weight = self.param(op.weight)
+        if op.weight_slice is not None:  # the rows (or columns) it reads; its gradient covers only those
+            weight = weight.replace(shape=op.sliced_shape(weight.shape))
         bias = self.param(op.bias) if op.bias else None
 
         def operand(key: str, dense: TensorRef) -> TensorRef:
@@ -196,7 +198,7 @@ class _Builder:
         w_fwd, w_bwd, x_bwd = operand("weight_fwd", weight), operand("weight_bwd", weight), operand("input_bwd", x)
         fwd = f"{op.name}/fwd"
         y = self.output(node, fwd)
-        macs = flops.gemm_macs(y.numel, op.weight_shape)
+        macs = flops.gemm_macs(y.numel, op.weight_shape, op.layer == "linear")
         bias_flops = y.numel if bias is not None else 0
         common = {"op": op.kind, "layer": op.name, "fx_node": node.name}
         biases = [bias.replace(role="b")] if bias else []
@@ -376,7 +378,8 @@ class _Builder:
 
     def _lower_updates(self) -> None:
         """SGD with momentum and weight decay, one node per module owning parameters; a parameter
-        used at k call sites first sums its k gradients (k − 1 adds per entry)."""
+        used at k call sites first sums its k gradients (k − 1 adds per entry; none where the call sites
+        read disjoint slices)."""
         owners: dict[str, list[str]] = defaultdict(list)
         for name in self.param_grads:
             owners[name.rpartition(".")[0] or name].append(name)
@@ -390,7 +393,7 @@ class _Builder:
                 momentum = TensorRef(f"{name}.momentum", "V", "state", weight.shape, weight.itemsize)
                 reads += [weight, *grads, momentum]
                 writes += [weight.replace(producer=node_id), momentum.replace(producer=node_id)]
-                work += (flops.UPDATE + len(grads) - 1) * weight.numel
+                work += (flops.UPDATE - 1) * weight.numel + sum(grad.numel for grad in grads)
             self.add(node_id, op="sgd_update", phase="update", layer=owner, fx_node="", reads=reads, writes=writes,
                      flops_other=work)
 

@@ -32,6 +32,8 @@ def choose_kernel(node: fx.Node, op: WeightProduct, requested: Kernel) -> Loweri
     kernel = requested
     if kernel is Kernel.AUTO:
         kernel = Kernel.COMPACT if op.granularity == "filter" else Kernel.MASKED
+    if kernel is Kernel.COMPACT and op.layer == "linear" and len(op.weight_shape) > 2:
+        return Lowering(Kernel.MASKED, f"compact kernels need a 2-D weight, this one is {list(op.weight_shape)}")
     if kernel is Kernel.COMPACT and node.kwargs.get("groups", 1) != 1:
         groups = node.kwargs["groups"]
         return Lowering(Kernel.MASKED, f"compact kernels need groups=1, this conv has groups={groups}")

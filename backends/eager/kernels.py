@@ -196,8 +196,10 @@ class _SwatLinear(torch.autograd.Function):
         ctx: Any, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
         weight_fwd: Operand, weight_bwd: Operand, input_bwd: Operand,
     ) -> torch.Tensor:
-        ctx.has_bias, ctx.weight_shape = bias is not None, weight.shape
+        ctx.has_bias, ctx.weight_shape, ctx.input_shape = bias is not None, weight.shape, x.shape
         _save_operands(ctx, weight_bwd, input_bwd)
+        if weight.dim() > 2:  # batched: a product per leading index, broadcast as matmul does
+            return torch.matmul(x, to_dense(weight_fwd).to(x.dtype).mT)
         if isinstance(weight_fwd, UNITS):
             kept_bias = None if bias is None else bias.index_select(0, weight_fwd.index)
             kept = F.linear(x, weight_fwd.values.to(x.dtype), kept_bias)
@@ -207,6 +209,8 @@ class _SwatLinear(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         weight_bwd, input_bwd = _saved_operands(ctx)
+        if len(ctx.weight_shape) > 2:
+            return (*_batched_linear_grads(ctx, grad, weight_bwd, input_bwd), None, None, None, None)
         rows = grad.reshape(-1, grad.shape[-1])
         dx = dw = None
         if ctx.needs_input_grad[0]:
@@ -223,11 +227,26 @@ class _SwatLinear(torch.autograd.Function):
         return dx, dw, db, None, None, None
 
 
+def _batched_linear_grads(ctx: Any, grad: torch.Tensor, weight_bwd: Operand,
+                          input_bwd: Operand) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """dX = G @ W_bwd and dW = Gᵀ @ X_bwd for a weight [..., O, I], each summed over the dims it was
+    broadcast along."""
+    dx = dw = None
+    if ctx.needs_input_grad[0]:
+        dx = torch.matmul(grad, to_dense(weight_bwd).to(grad.dtype)).sum_to_size(ctx.input_shape)
+    if ctx.needs_input_grad[1]:
+        dw = torch.matmul(grad.mT, to_dense(input_bwd).to(grad.dtype)).sum_to_size(ctx.weight_shape)
+    return dx, dw
+
+
 def linear_swat(
     x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, *,
     weight_fwd: Operand | None = None, weight_bwd: Operand | None = None, input_bwd: Operand | None = None,
 ) -> torch.Tensor:
-    """Linear (any leading dims) with separately sparsified operands for Y, dX and dW."""
+    """Linear (any leading dims) with separately sparsified operands for Y, dX and dW; a weight
+    [..., O, I] with leading dims is batched: Y = X @ Wᵀ broadcast as `torch.matmul` does, no bias."""
+    if weight.dim() > 2 and bias is not None:
+        raise ValueError(f"a batched SWAT linear (weight of shape {tuple(weight.shape)}) takes no bias")
     x, weight, bias = autocast_operands(x, weight, bias)
     return _SwatLinear.apply(
         x, weight, bias,
@@ -238,8 +257,8 @@ def linear_swat(
 
 
 def linear_dense(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, **_: Any) -> torch.Tensor:
-    """Plain PyTorch linear."""
-    return F.linear(x, weight, bias)
+    """Plain PyTorch linear (batched for a weight with leading dims)."""
+    return torch.matmul(x, weight.mT) if weight.dim() > 2 else F.linear(x, weight, bias)
 
 
 class _BitmaskReLU(torch.autograd.Function):

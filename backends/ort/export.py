@@ -24,7 +24,7 @@ from onnx import numpy_helper
 
 from swat_fx import ops
 from swat_fx.backends.ort.errors import UnsupportedOpError, unsupported_export
-from swat_fx.contract import record_of, site_nodes
+from swat_fx.contract import WeightProduct, record_of, site_nodes
 
 OPSET = 17  # ORT 1.19 trains it; ReduceSum/Slice/TopK take their axes and k as inputs from 13 on
 _CONV = {"conv1d": F.conv1d, "conv2d": F.conv2d, "conv3d": F.conv3d}
@@ -41,9 +41,24 @@ def output_count(gm: fx.GraphModule) -> int:
     return len(result) if isinstance(result, (tuple, list)) else 1
 
 
+def _static_weight(graph: fx.Graph, op: WeightProduct) -> fx.Node:
+    """The weight of a product that reads a slice of its parameter, sliced with constant bounds: the
+    ONNX passes find which slice an op reads from them (`chunk` exports with bounds computed at run
+    time)."""
+    dim, start, stop = op.weight_slice
+    weight = graph.call_function(torch.ops.aten.slice.Tensor, (graph.get_attr(op.weight), dim, start, stop))
+    if op.transpose_weight:
+        weight = graph.call_method("transpose", (weight, -2, -1))
+    return weight
+
+
 def _plain_call(graph: fx.Graph, node: fx.Node) -> fx.Node:
     """The plain PyTorch op of a `swat_fx.ops` call (its sparsified operands are dropped)."""
     x, weight, bias = node.args
+    if record_of(node).weight_slice is not None:
+        weight = _static_weight(graph, record_of(node))
+    if node.target is ops.linear and len(record_of(node).weight_shape) > 2:  # batched: x @ Wᵀ, no bias
+        return graph.call_function(torch.matmul, (x, graph.call_method("transpose", (weight, -2, -1))))
     if node.target is ops.linear:
         return graph.call_function(F.linear, (x, weight, bias))
     conv = _CONV[record_of(node).kind]

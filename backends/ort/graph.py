@@ -13,7 +13,7 @@ from typing import Any
 import networkx as nx
 import numpy as np
 import onnx
-from onnx import helper
+from onnx import helper, numpy_helper
 
 
 class GraphView:
@@ -37,6 +37,26 @@ class GraphView:
 
     def users(self, tensor: str) -> list[onnx.NodeProto]:
         return self.consumers.get(tensor, [])
+
+    def constant(self, tensor: str) -> np.ndarray | None:
+        """The value of a constant tensor, else None: an initializer, a `Constant` node's output, or an
+        `Unsqueeze`/`Concat` of constants (how torch.onnx exports the static bounds of a slice)."""
+        for init in self.graph.initializer:
+            if init.name == tensor:
+                return numpy_helper.to_array(init)
+        node = self.producer(tensor)
+        if node is None:
+            return None
+        if node.op_type == "Constant" and node.attribute[0].name == "value":
+            return numpy_helper.to_array(node.attribute[0].t)
+        inputs = [self.constant(name) for name in node.input]
+        if any(value is None for value in inputs):
+            return None
+        if node.op_type == "Unsqueeze":
+            return np.expand_dims(inputs[0], tuple(int(axis) for axis in inputs[1]))
+        if node.op_type == "Concat":
+            return np.concatenate(inputs, axis=attribute(node, "axis", 0))
+        return None
 
     def node(self, name: str) -> onnx.NodeProto:
         if name not in self.nodes:

@@ -20,11 +20,14 @@ SUPPORTED_SITES: frozenset[str] = frozenset({"fw_w", "bw_w", "bw_a", "bw_g"})
 @dataclass(frozen=True)
 class SparseOp:
     """One sparsified call site. `weight` is the parameter's qualified name, which is also the name of
-    its ONNX initializer; `call_index` of `call_count` call sites read the same weight (`name@1`...)."""
+    its ONNX initializer; `call_index` of `call_count` call sites read the same weight (`name@1`..., or
+    its slices, in graph order); `weight_shape` is the [..., out, in] weight the op uses."""
 
     name: str
     layer: str
     weight: str
+    weight_shape: tuple[int, ...]
+    weight_slice: tuple[int, int, int] | None
     call_index: int
     call_count: int
     has_bias: bool
@@ -59,11 +62,12 @@ def sparse_ops(gm: fx.GraphModule, training: bool) -> list[SparseOp]:
     for op in records:
         if op.sparsified:
             check_supported(op, training)
-    weights = [op.weight for op in records]
+    weights = [(op.weight, op.weight_slice) for op in records]
     return [
         SparseOp(
-            name=op.name, layer=op.layer, weight=op.weight, call_index=weights[:i].count(op.weight),
-            call_count=weights.count(op.weight), has_bias=op.has_bias, sparsity=op.sparsity,
+            name=op.name, layer=op.layer, weight=op.weight, weight_shape=op.weight_shape, weight_slice=op.weight_slice,
+            call_index=weights[:i].count(weights[i]), call_count=weights.count(weights[i]), has_bias=op.has_bias,
+            sparsity=op.sparsity,
             sites=op.sites, granularity=op.granularity,
         )
         for i, op in enumerate(records) if op.sparsified
