@@ -20,11 +20,14 @@ from swat_fx.passes.conditions import BUDGETS_ASSIGNED, PRODUCTS_RECORDED
 from swat_fx.passes.pass_base import SwatPass
 
 
-def erk_densities(shapes: Sequence[Sequence[int]], density: float) -> list[float]:
+def erk_densities(shapes: Sequence[Sequence[int]], density: float,
+                  copies: Sequence[int] | None = None) -> list[float]:
     """Erdős–Rényi-Kernel densities (as in RigL): proportional to sum(dims)/prod(dims), scaled so the
-    kept weights total `density` × all weights, with layers that would exceed 1 capped at 1."""
-    sizes = [math.prod(shape) for shape in shapes]
-    raw = [sum(shape) / size for shape, size in zip(shapes, sizes, strict=True)]
+    kept weights total `density` × all weights, with layers that would exceed 1 capped at 1. A layer of
+    `copies[i]` weights of `shapes[i]` (a batched linear: its matrices) weighs as many."""
+    copies = [1] * len(shapes) if copies is None else copies
+    sizes = [math.prod(shape) * n for shape, n in zip(shapes, copies, strict=True)]
+    raw = [sum(shape) / math.prod(shape) for shape in shapes]
     target = density * sum(sizes)
     dense: set[int] = set()
     while True:
@@ -67,7 +70,11 @@ def budgets(ops: list[WeightProduct], config: SwatConfig) -> dict[str, Budget]:
 
     free = [op for op in ops if op.name not in excluded and override(op) is None]
     if config.distribution == "erk":
-        densities = erk_densities([op.weight_shape for op in free], 1.0 - config.sparsity)
+        matrices = [op.layer == "linear" and len(op.weight_shape) > 2 for op in free]  # batched: [..., O, I]
+        densities = erk_densities([op.weight_shape[-2:] if batched else op.weight_shape
+                                   for op, batched in zip(free, matrices, strict=True)], 1.0 - config.sparsity,
+                                  [math.prod(op.weight_shape[:-2]) if batched else 1
+                                   for op, batched in zip(free, matrices, strict=True)])
         dense_reason = DenseReason.ERK_DENSE
         budget = {op.name: max(0.0, 1.0 - d) for op, d in zip(free, densities, strict=True)}
     else:

@@ -187,9 +187,12 @@ def _static_slice(gm: fx.GraphModule, node: fx.Node) -> tuple[str, tuple[int, in
             return _narrowed(found, slice(*bounds[index]))
         index = index if isinstance(index, tuple) else (index,)
         narrowed = [d for d, part in enumerate(index) if part != slice(None)]
-        if len(narrowed) != 1 or not all(isinstance(part, slice) for part in index):
+        static = all(isinstance(part, slice) and all(isinstance(v, int) or v is None
+                                                     for v in (part.start, part.stop, part.step)) for part in index)
+        if len(narrowed) > 1 or not static:
             return None
-        return _narrowed(_sliced_dim(gm, source, narrowed[0]), index[narrowed[0]])
+        return _narrowed(_sliced_dim(gm, source, narrowed[0] if narrowed else 0), index[narrowed[0]] if narrowed
+                         else slice(None))
     if node.target in _SLICES or (node.op == "call_method" and node.target == "narrow"):
         found = _sliced_dim(gm, node.args[0], _dim_arg(node, 1))
         if found is None:
@@ -221,6 +224,8 @@ def weight_source(gm: fx.GraphModule, node: Any) -> WeightSource | None:
         return None
     param, (dim, start, stop) = found
     shape = list(gm.get_parameter(param).shape)
+    if (start, stop) == (0, shape[dim]):  # `w[:]` is `w`
+        return WeightSource(param, None, tuple(shape))
     shape[dim] = stop - start
     return WeightSource(param, (dim, start, stop), tuple(shape))
 
@@ -249,7 +254,8 @@ def _layer_name(source: WeightSource) -> str:
     if source.slice is None:
         return name
     dim, start, stop = source.slice
-    return f"{name}.{ {0: 'rows', 1: 'cols'}.get(dim, f'dim{dim}') }_{start}_{stop}"
+    axis = ("rows", "cols")[dim] if len(source.shape) == 2 else f"dim{dim}"
+    return f"{name}.{axis}_{start}_{stop}"
 
 
 def _product(kind: str, source: WeightSource, transposed: bool = False, **fields: Any) -> WeightProduct:
@@ -317,7 +323,7 @@ def _from_matmul(gm: fx.GraphModule, node: fx.Node, x: Any, right: Any, bias: An
     if _from_parameters(gm, x):
         return _weight_on_the_left(gm, x, right) if bias is None else None
     has_bias = {"has_bias": bias is not None, "bias": _param_name(gm, bias)}
-    if bias is not None and (_rank(gm, bias) != 1 or _rank(gm, right) != 2):
+    if bias is not None and _rank(gm, bias) != 1:
         return None
     transposed = transposed_weight(gm, right)
     if transposed is not None:
@@ -336,8 +342,10 @@ def _weight_on_the_left(gm: fx.GraphModule, left: Any, x: Any) -> Found | None:
     weight, source = transposed if transposed is not None else (left, weight_source(gm, left))
     if source is None or len(source.shape) < 2:
         return None
-    vector = _rank(gm, x) == 1  # W @ v is linear(v, W) as it stands
-    return _product("linear", source, transposed=transposed is not None, weight_left=not vector), \
+    rank = _rank(gm, x)  # unknown under symbolic tracing: W @ v and W @ X differ (reported, not guessed)
+    if rank is None:
+        return None
+    return _product("linear", source, transposed=transposed is not None, weight_left=rank > 1), \
         Operands(x, weight, None)
 
 
@@ -360,9 +368,9 @@ def _rank(gm: fx.GraphModule, value: Any) -> int | None:
 
 
 def _from_einsum(gm: fx.GraphModule, node: fx.Node) -> Found | None:
-    """An einsum that is a linear layer: `"...i,oi->...o"` (or with the weight stored `io`), the
-    activation's last dim contracted with a 2-D parameter; or a batched one, `"bni,boi->bno"`, whose
-    weight's leading subscripts lead the activation and the output too."""
+    """An einsum that is a linear layer: `"bsi,oi->bso"` (any letters, no `...`; or with the weight
+    stored `io`), the activation's last dim contracted with a 2-D parameter; or a batched one,
+    `"bni,boi->bno"`, whose weight's leading subscripts lead the activation and the output too."""
     equation, *operands = node.args
     if len(operands) == 1 and isinstance(operands[0], (list, tuple)):
         operands = list(operands[0])
@@ -493,6 +501,11 @@ def unsparsifiable(gm: fx.GraphModule, node: fx.Node) -> DenseProduct | None:
         return None
     shape = tuple(gm.get_parameter(params[0]).shape)
     op = _target_name(node.target)
+    left = node.args[0] if node.target in _MATMUL_FUNCTIONS or node.target in ("matmul", "mm", "bmm") else None
+    if is_product and isinstance(left, fx.Node) and _from_parameters(gm, left) and _rank(gm, node.args[1]) is None:
+        return DenseProduct(params[0], op, shape, DenseReason.UNSUPPORTED_OP,
+                            "a weight left of `@` needs the rank of the activation right of it (`W @ v` and "
+                            "`W @ X` differ), which symbolic tracing does not know: pass example_inputs")
     if is_product:
         return DenseProduct(params[0], op, shape, DenseReason.UNSUPPORTED_OP,
                             "SWAT sparsifies conv/linear/matmul/einsum products of a parameter, batched or "

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
 import torch.fx as fx
 import torch.nn.functional as F
 
@@ -80,6 +81,8 @@ def _rewrite(gm: fx.GraphModule, node: fx.Node, op: WeightProduct, **common: Any
         result = graph.create_node("call_function", target, (x, weight, bias), {**conv, **kwargs},
                                    name=_node_name(op, "_y"))
         result.meta.update(node.meta)
+        if op.weight_left and isinstance(node.meta.get("val"), torch.Tensor):  # export's example value
+            result.meta["val"] = node.meta["val"].transpose(-2, -1)
     output = result
     if "bw_g" in sites:
         with graph.inserting_after(output):
@@ -87,6 +90,8 @@ def _rewrite(gm: fx.GraphModule, node: fx.Node, op: WeightProduct, **common: Any
     if op.weight_left:
         with graph.inserting_after(output):
             output = graph.call_method("transpose", (output, -2, -1))
+        if "val" in node.meta:  # what later passes read of the value the users see
+            output.meta["val"] = node.meta["val"]
     copy_region(node, *(n for n in graph.nodes if n not in before and n.op != "get_attr"))
     node.replace_all_uses_with(output)
     graph.erase_node(node)

@@ -14,7 +14,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from ort_checks import ort_step_matches_eager
-from reference import GRANULARITIES
+from reference import GRANULARITIES, ref_mask
 from reference_models import count_weight_products, ref_product, reference_model
 
 import swat_fx
@@ -118,17 +118,71 @@ def test_batched_weights_are_sparsified_and_match_the_reference(tracer: str, sit
         ("through_transpose", (3, 4, 4), True)])
 
 
-def test_a_batched_weight_keeps_the_rows_of_each_batch_in_filter_granularity() -> None:
-    """Filter granularity on [B, O, I] ranks its B·O rows, so whole rows are kept or dropped."""
+@pytest.mark.parametrize("granularity", ["filter", "chw"])
+def test_a_batched_weight_ranks_the_rows_of_all_its_matrices_together(granularity: str) -> None:
+    """Filter granularity on [B, O, I] keeps the best of its B·O rows, whichever matrix they are in
+    (a matrix ten times larger keeps all its 6 rows, and 3 of the other 12 are kept), `chw` ranks each
+    row's entries."""
     torch.manual_seed(0)
     model = Batched()
-    with pytest.warns(UserWarning, match=r"compact kernels need a 2-D weight"):
-        transformed = swat_fx.transform(model, 0.5, granularity="filter", sparsify_first=True)
+    with torch.no_grad():
+        model.by_matmul[1].mul_(10)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # compact kernels do not take the batched weight
+        transformed = swat_fx.transform(model, 0.5, granularity=granularity, sparsify_first=True)
     transformed(torch.randn(3, 7, 8)).sum().backward()
-    site = transformed.get_submodule("swat.by_matmul.w_topk")
-    w_s = site(model.by_matmul.detach())
-    kept_rows = (w_s != 0).any(-1)
-    assert kept_rows.sum() == 9 and torch.equal((w_s != 0).sum(-1)[kept_rows], torch.full((9,), 6))
+    used = model.by_matmul.detach().transpose(1, 2)  # [B, O, I]: `y @ by_matmul` stores it [B, I, O]
+    w_s = transformed.get_submodule("swat.by_matmul.w_topk")(used)
+    expected = ref_mask(used, 0.5, granularity, "weight", "linear")
+    assert torch.equal(w_s != 0, expected)
+    if granularity == "filter":
+        assert bool(expected[1].all()) and int(expected.any(-1).sum()) == 9  # per matrix, 3 rows of each
+
+
+@pytest.mark.parametrize("tracer", ["fx", "export"])
+def test_a_batched_weight_times_a_vector_sums_the_gradients_of_its_products(tracer: str) -> None:
+    """`v @ W` with v [I] and W [B, I, O] is B products of the row v: dv is their sum."""
+    torch.manual_seed(0)
+
+    class RowTimesBatch(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.weight = nn.Parameter(torch.randn(3, 6, 4, dtype=torch.float64))
+
+        def forward(self, v: torch.Tensor) -> torch.Tensor:
+            return v @ self.weight
+
+    model, v = RowTimesBatch(), torch.randn(6, dtype=torch.float64)
+    transformed = swat_fx.transform(model, SPARSITY, tracer=tracer, sparsify_first=True,
+                                    example_inputs=(v,) if tracer == "export" else None)
+    assert swat_fx.layers(transformed)[0].sparsified
+    w_ref = model.weight.detach().clone().requires_grad_()
+    v_ref, v_own = v.clone().requires_grad_(), v.clone().requires_grad_()
+    expected = ref_product("bmm", v_ref.expand(3, 1, 6), w_ref.transpose(1, 2), None, "swat", 1 - SPARSITY,
+                           "nchw").squeeze(1)
+    actual = transformed(v_own)
+    torch.testing.assert_close(actual, expected, rtol=1e-12, atol=1e-12)
+    _loss(actual).backward()
+    _loss(expected).backward()
+    torch.testing.assert_close(v_own.grad, v_ref.grad, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(transformed.weight.grad, w_ref.grad, rtol=1e-12, atol=1e-12)
+
+
+def test_erk_gives_a_batched_weight_the_density_of_its_matrices() -> None:
+    class Twins(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.stem, self.matrix = nn.Linear(6, 6), nn.Linear(6, 6, bias=False)
+            self.batched = nn.Parameter(torch.randn(3, 6, 6))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.matrix(self.stem(x)) @ self.batched
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        transformed = swat_fx.transform(Twins(), SPARSITY, distribution="erk")
+    sparsity = {i.name: i.sparsity for i in swat_fx.layers(transformed)}
+    assert sparsity["batched"] == pytest.approx(sparsity["matrix"]) and 0 < sparsity["batched"] < 1
 
 
 def test_a_batched_weight_with_broadcast_activations_matches_per_batch_products() -> None:
@@ -227,6 +281,64 @@ def test_a_slice_can_be_overridden_by_its_name() -> None:
     assert dense == {"stem": swat_fx.DenseReason.FIRST_LAYER, "packed.rows_4_8": swat_fx.DenseReason.OVERRIDE}
 
 
+class Slices(nn.Module):
+    """Harder bounds: an uneven chunk, negative indices, narrow from the end, a slice of a slice, a chunk
+    of columns (the input features), `w[:]` (the parameter itself). With `ref`, by the reference."""
+
+    def __init__(self, ref: Ref | None = None) -> None:
+        super().__init__()
+        self.stem = nn.Linear(8, 8)
+        self.uneven = nn.Parameter(torch.randn(10, 8))
+        self.columns = nn.Parameter(torch.randn(6, 8))
+        self.whole = nn.Parameter(torch.randn(4, 4))
+        self.ref = ref
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        if self.ref is None:
+            _, _, last = self.uneven.chunk(3)  # rows 8:10
+            y = torch.cat([F.linear(x, last), F.linear(x, self.uneven[-6:-2]),
+                           F.linear(x, self.uneven.narrow(0, -3, 2)), F.linear(x, self.uneven[1:9][2:4])],
+                          dim=-1)  # 2 + 4 + 2 + 2 features
+            left, right = self.columns.chunk(2, dim=-1)
+            y = F.linear(y[..., :4], left) + F.linear(y[..., 4:8], right) + y[..., 8:].sum(-1, keepdim=True)
+            return F.linear(y[..., :4], self.whole[:])
+        ref, w = self.ref, self.uneven
+        y = torch.cat([ref("linear", x, w[8:10]), ref("linear", x, w[4:8]), ref("linear", x, w[7:9]),
+                       ref("linear", x, w[3:5])], dim=-1)
+        y = (ref("linear", y[..., :4], self.columns[:, :4]) + ref("linear", y[..., 4:8], self.columns[:, 4:])
+             + y[..., 8:].sum(-1, keepdim=True))
+        return ref("linear", y[..., :4], self.whole)
+
+
+@pytest.mark.parametrize("tracer", ["fx", "export"])
+def test_uneven_negative_and_nested_slices_have_the_right_bounds(tracer: str) -> None:
+    torch.manual_seed(0)
+    model = Slices().double()
+    x = torch.randn(6, 8, dtype=torch.float64)
+    transformed = _transform(model, tracer, x, "swat", "nchw")
+    _check_layers_and_gradients(model, transformed, x, "swat", "nchw", [
+        ("stem", (8, 8), False), ("uneven.rows_8_10", (2, 8), True), ("uneven.rows_4_8", (4, 8), True),
+        ("uneven.rows_7_9", (2, 8), True), ("uneven.rows_3_5", (2, 8), True), ("columns.cols_0_4", (6, 4), True),
+        ("columns.cols_4_8", (6, 4), True), ("whole", (4, 4), True)])
+
+
+def test_a_slice_with_bounds_known_only_at_run_time_is_reported() -> None:
+    class Dynamic(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.weight = nn.Parameter(torch.randn(8, 4))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return F.linear(x, self.weight[: x.shape[0]])
+
+    with pytest.warns(UserWarning, match=r"leaves 1 of the 1 weight products of Dynamic dense"):
+        transformed = swat_fx.transform(Dynamic(), SPARSITY, sparsify_first=True)
+    assert [(i.name, i.dense_reason) for i in swat_fx.layers(transformed)] == [
+        ("weight", swat_fx.DenseReason.UNSUPPORTED_OP)]
+    assert transformed(torch.randn(3, 4)).shape == (3, 3)
+
+
 def test_a_strided_slice_and_an_indexed_weight_are_reported() -> None:
     class Strided(nn.Module):
         def __init__(self) -> None:
@@ -311,18 +423,35 @@ class WeightLeft(nn.Module):
 
 
 @pytest.mark.parametrize(("sites", "granularity"), CASES)
-@pytest.mark.parametrize("tracer", ["fx", "export"])
-def test_a_weight_on_the_left_is_a_linear_on_the_transposed_input(tracer: str, sites: object,
-                                                                  granularity: str) -> None:
+def test_a_weight_on_the_left_is_a_linear_on_the_transposed_input(sites: object, granularity: str) -> None:
+    """Under export, which knows the activation's rank (symbolic tracing reports these products)."""
     torch.manual_seed(0)
     model = WeightLeft().double()
     x = torch.randn(2, 4, 6, dtype=torch.float64)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # compact kernels do not take the batched weight
-        transformed = _transform(model, tracer, x, sites, granularity)
+        transformed = _transform(model, "export", x, sites, granularity)
     _check_layers_and_gradients(model, transformed, x, sites, granularity, [
         ("stem", (6, 6), False), ("mix", (5, 4), True), ("stored_in_out", (3, 5), True),
         ("batched", (2, 4, 3), True), ("by_mm", (2, 4), True)])
+
+
+def test_a_weight_on_the_left_of_an_activation_of_unknown_rank_is_reported_by_symbolic_tracing() -> None:
+    """Symbolic tracing cannot tell `W @ v` (a vector) from `W @ X`: it reports the product, export takes it."""
+    class MatVec(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.weight = nn.Parameter(torch.randn(3, 5))
+
+        def forward(self, v: torch.Tensor) -> torch.Tensor:
+            return self.weight @ v
+
+    with pytest.warns(UserWarning, match=r"leaves 1 of the 1 weight products of MatVec dense"):
+        transformed = swat_fx.transform(MatVec(), SPARSITY, sparsify_first=True)
+    assert transformed(torch.randn(5)).shape == (3,)
+    assert "pass example_inputs" in swat_fx.layers(transformed)[0].note
+    assert swat_fx.layers(swat_fx.transform(MatVec(), SPARSITY, sparsify_first=True,
+                                            example_inputs=(torch.randn(5, 2),)))[0].sparsified
 
 
 def test_a_weight_times_a_vector_is_a_linear_as_it_stands() -> None:
@@ -397,10 +526,26 @@ def test_the_cost_model_counts_the_products_torch_counts(name: str) -> None:
     model, x = _classifier(name)
     with FlopCounterMode(display=False) as counter:
         F.cross_entropy(model(x), torch.arange(x.shape[0]) % 4).backward()
-    transformed = swat_fx.transform(model, SPARSITY)
+    transformed = swat_fx.transform(model, SPARSITY, example_inputs=(x,))
     ir = swat_fx.to_accel_ir(transformed, x)
     assert sum(2 * a["macs"] for _, a in ir.nodes(data=True)) == counter.get_total_flops()
     for layer in (info for info in swat_fx.layers(transformed) if ".rows_" in info.name or ".cols_" in info.name):
         forward = ir.nodes[f"{layer.name}/fwd"]
         weight = next(r for r in forward["reads"] if r["role"] == "W")
         assert math.prod(weight["shape"]) == math.prod(layer.weight_shape)
+
+
+@pytest.mark.parametrize("tracer", ["fx", "export"])
+def test_addmm_with_a_transposed_weight_is_a_linear(tracer: str) -> None:
+    class AddMM(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.weight, self.bias = nn.Parameter(torch.randn(3, 5)), nn.Parameter(torch.randn(3))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.addmm(self.bias, x, self.weight.t())
+
+    x = torch.randn(4, 5)
+    transformed = swat_fx.transform(AddMM(), SPARSITY, sparsify_first=True, tracer=tracer,
+                                    example_inputs=(x,) if tracer == "export" else None)
+    assert [(i.name, i.weight_shape, i.sparsified) for i in swat_fx.layers(transformed)] == [("weight", (3, 5), True)]

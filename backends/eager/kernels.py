@@ -232,10 +232,14 @@ def _batched_linear_grads(ctx: Any, grad: torch.Tensor, weight_bwd: Operand,
     """dX = G @ W_bwd and dW = Gᵀ @ X_bwd for a weight [..., O, I], each summed over the dims it was
     broadcast along."""
     dx = dw = None
+    vector = len(ctx.input_shape) == 1  # x [I] is the row [1, I], whose output row matmul dropped
+    rows = grad.unsqueeze(-2) if vector else grad
     if ctx.needs_input_grad[0]:
-        dx = torch.matmul(grad, to_dense(weight_bwd).to(grad.dtype)).sum_to_size(ctx.input_shape)
+        dx = torch.matmul(rows, to_dense(weight_bwd).to(grad.dtype))
+        dx = dx.sum_to_size((1, *ctx.input_shape) if vector else ctx.input_shape).reshape(ctx.input_shape)
     if ctx.needs_input_grad[1]:
-        dw = torch.matmul(grad.mT, to_dense(input_bwd).to(grad.dtype)).sum_to_size(ctx.weight_shape)
+        x = to_dense(input_bwd).to(grad.dtype)
+        dw = torch.matmul(rows.mT, x.unsqueeze(0) if vector else x).sum_to_size(ctx.weight_shape)
     return dx, dw
 
 
@@ -257,7 +261,9 @@ def linear_swat(
 
 
 def linear_dense(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, **_: Any) -> torch.Tensor:
-    """Plain PyTorch linear (batched for a weight with leading dims)."""
+    """Plain PyTorch linear (batched for a weight with leading dims, which takes no bias)."""
+    if weight.dim() > 2 and bias is not None:
+        raise ValueError(f"a batched linear (weight of shape {tuple(weight.shape)}) takes no bias")
     return torch.matmul(x, weight.mT) if weight.dim() > 2 else F.linear(x, weight, bias)
 
 

@@ -89,7 +89,8 @@ def _pieces(view: GraphView, node: onnx.NodeProto, region: Region, size: list[in
         simple = (starts is not None and ends is not None and len(starts) == 1
                   and (steps is None or steps[0] == 1))
         axis = int(axes[0]) if axes is not None and simple else axis
-        bounds = [slice(int(starts[0]), int(min(ends[0], 2**62))).indices(size[axis])[:2]] if simple else None
+        length = size[axis] if region is None or region == _UNKNOWN else region[2] - region[1]  # of the input
+        bounds = [slice(int(starts[0]), int(min(ends[0], 2**62))).indices(length)[:2]] if simple else None
     if bounds is None or region == _UNKNOWN or (region is not None and region[0] != axis % len(size)):
         return [_UNKNOWN] * len(node.output)
     offset = 0 if region is None else region[1]
