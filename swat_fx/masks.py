@@ -86,6 +86,8 @@ def kth_largest_magnitude(groups: torch.Tensor, k: int) -> torch.Tensor:
     """The k-th largest |v| of each row of [G, n] (NaN ranks as +inf), by selection, never a sort: a
     radix select at memory speed for large CPU rows (`selection`), `torch.kthvalue` otherwise."""
     n = groups.shape[1]
+    if n >= selection.MIN_SIZE and torch.compiler.is_compiling() and groups.device.type == "cpu":
+        return selection.kth_largest_magnitude_op(groups.detach(), k)
     if n >= selection.MIN_SIZE and selection.available(groups):
         return selection.kth_largest_magnitude(groups, k)
     magnitudes = torch.nan_to_num(groups.detach().abs(), nan=math.inf, posinf=math.inf)

@@ -70,6 +70,21 @@ def kth_largest_magnitude(groups: torch.Tensor, k: int) -> torch.Tensor:
     return integer.view(groups.dtype)
 
 
+@torch.library.custom_op("swat_fx::kth_largest_magnitude", mutates_args=())
+def kth_largest_magnitude_op(groups: torch.Tensor, k: int) -> torch.Tensor:
+    """`kth_largest_magnitude` as an op torch.compile keeps whole (it cannot trace numba): the radix
+    select where it runs, `torch.kthvalue` elsewhere."""
+    if available(groups):
+        return kth_largest_magnitude(groups, k)
+    magnitudes = torch.nan_to_num(groups.abs(), nan=torch.inf, posinf=torch.inf)
+    return magnitudes.kthvalue(groups.shape[1] - k + 1, dim=1).values
+
+
+@kth_largest_magnitude_op.register_fake
+def _(groups: torch.Tensor, k: int) -> torch.Tensor:
+    return groups.new_empty(groups.shape[0])
+
+
 def compiled_for(t: torch.Tensor) -> Any:
     """`swat_fx.cpu_kernels` where its element-wise kernels take `t` (a contiguous float32/float64 CPU
     tensor of `MIN_SIZE` entries or more, numba installed, not under torch.compile), else None."""

@@ -48,8 +48,9 @@ class StorageFormat(Protocol):
     """
 
     uses_mask: bool
-    """False for a format built from the threshold alone: `encode` then gets `keep=None`, and a `record`
-    to give the density kept to when it is counted."""
+    """False for a format built from the threshold alone: for an unstructured layout `encode` then gets
+    `keep=None`, and a `record` to give the density kept to when it is counted (a structured one gets its
+    kept units, small)."""
 
     def encode(self, t: torch.Tensor, keep: torch.Tensor | None, threshold: torch.Tensor, layout: MaskLayout,
                unit_dim: int, record: Callable[[torch.Tensor], Any] | None = None) -> Any: ...
@@ -93,6 +94,7 @@ class TopK(nn.Module):
         self.backward_only = backward_only
         self.register_buffer("step", torch.zeros((), dtype=torch.int64))
         self._steps = 0  # `step` on the host: the refresh decision never reads the device
+        self._steps_stale = False  # compiled steps advanced `step` alone: read it once, back in eager mode
         self.register_buffer("threshold", torch.empty(0))
         self.register_buffer("density", torch.ones(()))
 
@@ -137,8 +139,8 @@ class TopK(nn.Module):
                 kept = torch.count_nonzero(out) / out.numel()
                 self.density.copy_(torch.where(tau.reshape(()) > 0, kept, torch.ones_like(kept)))
             return out
-        if format is not None and not getattr(format, "uses_mask", True):  # built from the threshold alone:
-            # the density kept is counted when the sparse tensor is first rebuilt
+        if format is not None and not getattr(format, "uses_mask", True) and not layout.score_dims:
+            # built from the threshold alone: the density kept is counted when it is first rebuilt
             return format.encode(t, None, tau, layout, self.unit_dim, record=self.density.copy_ if store else None)
         keep = self._keep(t, layout, tau, s, record=store)
         if format is not None:
@@ -174,16 +176,22 @@ class TopK(nn.Module):
         self, t: torch.Tensor, layout: MaskLayout, refresh: bool | None, store: bool
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(threshold, scores): the scores only when computing the threshold needed them."""
+        reduced = {*layout.score_dims, *layout.group_dims, *layout.batch_dims}
         if refresh is False:
-            reduced = {*layout.score_dims, *layout.group_dims, *layout.batch_dims}
             return self.threshold.view([1 if d in reduced else n for d, n in enumerate(t.shape)]), None
         s = scores(t, layout) if layout.score_dims else None  # unstructured: selected from t itself
         tau = group_thresholds(t if s is None else s, layout.group_dims, self.target_density)
-        if refresh and store:
+        decided_on_device = isinstance(refresh, torch.Tensor)  # under torch.compile: both, then a select
+        if decided_on_device:
+            reused = self.threshold.view([1 if d in reduced else n for d, n in enumerate(t.shape)])
+            tau = torch.where(refresh, tau, reused)
+        if refresh is not None and store:
             stored = tau.mean(layout.batch_dims, keepdim=True) if layout.batch_dims else tau
             stored = stored.detach().flatten().clone()
             if self.role != "weight":
                 stored = average_over_ranks(stored, self.sync_thresholds)
+            if decided_on_device:
+                stored = torch.where(refresh, stored, self.threshold)
             # an overflow must not silence the next steps: a group without a finite threshold keeps
             # everything until the next refresh (decided on the device, with no host read)
             self.threshold = torch.where(torch.isfinite(stored), stored, torch.zeros_like(stored))
@@ -201,6 +209,10 @@ class TopK(nn.Module):
         one) uses and writes nothing."""
         if not self.training:
             return None, False
+        if torch.compiler.is_compiling():
+            return self._traced_schedule()
+        if self._steps_stale:
+            self._steps, self._steps_stale = int(self.step), False
         in_iteration = self.clock.running and self._generation == self.clock.generation
         if in_iteration:
             return self._refresh, False
@@ -211,6 +223,19 @@ class TopK(nn.Module):
         self.step += 1
         self._steps += 1
         return self._refresh, True
+
+    def _traced_schedule(self) -> tuple[torch.Tensor | bool, bool]:
+        """(refresh, store) under torch.compile, where every training forward under autograd is one
+        iteration: the refresh decision is a tensor (a Python step counter would be a guard, and each
+        step a new graph), so both thresholds are computed and one is selected on the device."""
+        due: torch.Tensor | bool = True
+        if self.period > 1 and self.threshold.numel() > 0:
+            due = self.step % self.period == 0
+        if not torch.is_grad_enabled():
+            return due, False
+        self.step += 1
+        self._steps_stale = True
+        return due, True
 
     def _due(self) -> bool:
         """Whether the next iteration computes the exact Top-K."""

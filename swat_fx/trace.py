@@ -57,6 +57,8 @@ class SwatGraphModule(fx.GraphModule):
     """The clocks of the sites this module's calls drive (see `swat_fx.schedule`)."""
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if torch.compiler.is_compiling():  # the sites keep their schedule on tensors (`TopK._traced_schedule`)
+            return super().__call__(*args, **kwargs)
         for clock in self._swat_clocks:
             clock.before_forward()
         output = super().__call__(*args, **kwargs)

@@ -10,7 +10,7 @@ from typing import Any
 import torch
 
 from swat_fx.backends.eager.operands import CompressedTensor, KeptFilters, KeptUnits, ThresholdedParameter
-from swat_fx.masks import MaskLayout
+from swat_fx.masks import MaskLayout, apply_mask
 
 
 class Kernel(enum.Enum):
@@ -61,14 +61,19 @@ class Format(enum.Enum):
 
     @property
     def uses_mask(self) -> bool:
-        """THRESHOLDED rebuilds its tensor from the threshold (and records the density as it does); the
-        others store what the mask keeps."""
+        """THRESHOLDED rebuilds an unstructured tensor from the threshold (and records the density as it
+        does); the others store what the mask keeps."""
         return self is not Format.THRESHOLDED
 
     def encode(self, t: torch.Tensor, keep: torch.Tensor | None, threshold: torch.Tensor, layout: MaskLayout,
                unit_dim: int, record: Callable[[torch.Tensor], Any] | None = None) -> Any:
+        """The operand; under torch.compile, whose graphs need sizes known before the data, the formats
+        whose sizes depend on the mask (kept values, kept units) hand over the zero-filled tensor."""
+        if self is not Format.THRESHOLDED and torch.compiler.is_compiling():
+            return apply_mask(t, keep)
         if self is Format.THRESHOLDED:
-            return ThresholdedParameter(t, threshold.detach().clone(), layout, record)
+            return ThresholdedParameter(t, threshold.detach().clone(), layout, record,
+                                        None if keep is None else keep.detach())
         if self is Format.COMPRESSED:
             return CompressedTensor.compress(t, keep)
         if self is Format.FILTERS:

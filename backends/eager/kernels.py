@@ -104,6 +104,22 @@ def _scatter_units(kept: torch.Tensor, index: torch.Tensor, dim: int, size: int,
     return out.index_copy_(dim, index, kept)
 
 
+def _dense_where_none(x: torch.Tensor, weight: torch.Tensor, weight_fwd: Operand | None, weight_bwd: Operand | None,
+                      input_bwd: Operand | None) -> tuple[Operand, Operand, Operand]:
+    """The operands of a product, the dense tensor where no site sparsifies one (resolved inside the
+    Function: torch.compile cannot trace `apply` given one tensor twice)."""
+    return (weight if weight_fwd is None else weight_fwd, weight if weight_bwd is None else weight_bwd,
+            x if input_bwd is None else input_bwd)
+
+
+def _distinct(operand: Operand | None, other: Operand | None) -> Operand | None:
+    """`operand`, as a view where it is the tensor `other` too (one W_s for Y and dX): torch.compile
+    cannot trace `apply` given one tensor twice."""
+    if operand is other and isinstance(operand, torch.Tensor) and torch.compiler.is_compiling():
+        return operand.view_as(operand)
+    return operand
+
+
 class _SwatConv(torch.autograd.Function):
     @staticmethod
     def forward(
@@ -111,6 +127,7 @@ class _SwatConv(torch.autograd.Function):
         weight_fwd: Operand, weight_bwd: Operand, input_bwd: Operand,
         stride: list[int], padding: list[int], extra: list[int], dilation: list[int], groups: int,
     ) -> torch.Tensor:
+        weight_fwd, weight_bwd, input_bwd = _dense_where_none(x, weight, weight_fwd, weight_bwd, input_bwd)
         ctx.conv_args = (stride, padding, dilation, False, [0] * len(stride), groups)
         ctx.extra, ctx.input_shape, ctx.weight_shape = extra, x.shape, weight.shape
         ctx.bias_sizes = None if bias is None else list(bias.shape)
@@ -174,9 +191,7 @@ def conv_swat(
     x, weight, bias = autocast_operands(x, weight, bias)
     return _SwatConv.apply(
         x, weight, bias,
-        weight if weight_fwd is None else weight_fwd,
-        weight if weight_bwd is None else weight_bwd,
-        x if input_bwd is None else input_bwd,
+        weight_fwd, _distinct(weight_bwd, weight_fwd), input_bwd,
         list(stride), sym, extra, list(dilation), groups,
     )
 
@@ -196,6 +211,7 @@ class _SwatLinear(torch.autograd.Function):
         ctx: Any, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
         weight_fwd: Operand, weight_bwd: Operand, input_bwd: Operand,
     ) -> torch.Tensor:
+        weight_fwd, weight_bwd, input_bwd = _dense_where_none(x, weight, weight_fwd, weight_bwd, input_bwd)
         ctx.has_bias, ctx.weight_shape, ctx.input_shape = bias is not None, weight.shape, x.shape
         _save_operands(ctx, weight_bwd, input_bwd)
         if weight.dim() > 2:  # batched: a product per leading index, broadcast as matmul does
@@ -254,9 +270,7 @@ def linear_swat(
     x, weight, bias = autocast_operands(x, weight, bias)
     return _SwatLinear.apply(
         x, weight, bias,
-        weight if weight_fwd is None else weight_fwd,
-        weight if weight_bwd is None else weight_bwd,
-        x if input_bwd is None else input_bwd,
+        weight_fwd, _distinct(weight_bwd, weight_fwd), input_bwd,
     )
 
 
@@ -296,9 +310,10 @@ class _BitmaskReLU(torch.autograd.Function):
         return out
 
 
-
 def relu(x: torch.Tensor) -> torch.Tensor:
-    return _BitmaskReLU.apply(x)
+    """ReLU holding 1 bit an entry for its backward (torch.compile traces the plain one: what its
+    graphs hold is the compiler's choice)."""
+    return torch.relu(x) if torch.compiler.is_compiling() else _BitmaskReLU.apply(x)
 
 
 class _IndexMaxPool2d(torch.autograd.Function):
@@ -327,6 +342,9 @@ def _pair(value: int | Sequence[int]) -> list[int]:
 
 def max_pool2d(x: torch.Tensor, kernel_size: Any, stride: Any, padding: Any, dilation: Any,
                ceil_mode: bool) -> torch.Tensor:
+    """Max-pool holding its indices alone for the backward (the plain one under torch.compile)."""
+    if torch.compiler.is_compiling():
+        return F.max_pool2d(x, kernel_size, stride, padding, dilation, ceil_mode)
     return _IndexMaxPool2d.apply(x, kernel_size, stride, padding, dilation, ceil_mode)
 
 

@@ -91,12 +91,15 @@ class ThresholdedParameter:
     """W_s (or X_s) as the tensor itself and its Top-K threshold: the sparse tensor is rebuilt (one pass,
     the same arithmetic every time, so bit-identical) when a product needs it, and the backward holds
     nothing beyond W, resident anyway, or X, which the ReLU or BatchNorm before the op keeps anyway.
-    `record`, where given, receives the density kept, counted on the way (the site's state)."""
+    `record`, where given, receives the density kept, counted on the way (the site's state). A
+    structured layout holds its kept units (`keep`, one entry a unit) as the site decided them: unit
+    scores summed again by another kernel (torch.compile fuses differently) could round otherwise."""
 
     base: torch.Tensor
     threshold: torch.Tensor
     layout: MaskLayout
     record: Callable[[torch.Tensor], Any] | None = None
+    keep: torch.Tensor | None = None
 
     @property
     def shape(self) -> torch.Size:
@@ -104,6 +107,8 @@ class ThresholdedParameter:
 
     def to_dense(self) -> torch.Tensor:
         values = self.base.detach()
+        if self.keep is not None:
+            return apply_mask(values, self.keep)
         if not self.layout.score_dims and self.threshold.numel() == 1:
             if selection.compiled_for(values):
                 dense, kept = selection.threshold_and_count(values, self.threshold)

@@ -1,0 +1,88 @@
+"""`torch.compile(transformed, fullgraph=True)` trains as the eager model does (the same thresholds,
+steps and gradients), at period 1 and with periodic Top-K, and hands its schedule back to eager mode."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import swat_fx
+from swat_fx.contract import is_state_key
+
+
+class Net(nn.Module):
+    def __init__(self, norm: bool = True) -> None:
+        """`norm=False`: no BatchNorm. (Filter SWAT drops whole filters, and BatchNorm's gradient on such a
+        constant channel is 0/0-like: eager and inductor kernels then disagree, with or without SWAT.)"""
+        super().__init__()
+        self.conv1, self.bn = nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8) if norm else nn.Identity()
+        self.conv2 = nn.Conv2d(8, 8, 3, padding=1, bias=False)
+        self.fc = nn.Linear(8 * 8 * 8, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.bn(self.conv1(x)))
+        return self.fc(torch.relu(self.conv2(x)).flatten(1))
+
+
+def _train(model: nn.Module, batches: list[tuple[torch.Tensor, torch.Tensor]]) -> list[dict[str, torch.Tensor]]:
+    """SGD steps; the gradients of each step."""
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+    grads = []
+    for x, y in batches:
+        optimizer.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        grads.append({name.removeprefix("_orig_mod."): p.grad.clone() for name, p in model.named_parameters()})
+        optimizer.step()
+    return grads
+
+
+def _batches(count: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    generator = torch.Generator().manual_seed(1)
+    return [(torch.randn(4, 3, 8, 8, dtype=torch.float64, generator=generator),
+             torch.randint(0, 10, (4,), generator=generator)) for _ in range(count)]
+
+
+@pytest.mark.parametrize(("period", "options"), [
+    (1, {}), (3, {}), (2, {"granularity": "chw"}), (2, {"granularity": "filter", "norm": False}),
+    (1, {"algorithm": "saw", "kernel": "compressed"}), (1, {"sites": {"fw_a", "bw_w"}})])
+def test_fullgraph_compiled_training_equals_eager(period: int, options: dict, fullgraph: bool = True) -> None:
+    torch.manual_seed(0)
+    options = dict(options)
+    net = Net(options.pop("norm", True)).double()
+    eager = swat_fx.transform(net, 0.7, period=period, sparsify_first=True, **options)
+    compiled_model = copy.deepcopy(eager)
+    torch._dynamo.reset()
+    compiled = torch.compile(compiled_model, fullgraph=fullgraph)
+    batches = _batches(5)
+    for step, (expected, actual) in enumerate(zip(_train(eager, batches), _train(compiled, batches), strict=True)):
+        for name, grad in expected.items():
+            torch.testing.assert_close(actual[name], grad, rtol=1e-9, atol=1e-10, msg=f"step {step}: {name}")
+    eager_state, compiled_state = eager.state_dict(), compiled_model.state_dict()
+    for key, value in eager_state.items():
+        if is_state_key(key):  # steps, stored thresholds and achieved densities
+            torch.testing.assert_close(compiled_state[key], value, rtol=1e-9, atol=1e-12, msg=key)
+
+
+def test_eager_steps_after_compiled_ones_continue_the_schedule() -> None:
+    torch.manual_seed(0)
+    eager = swat_fx.transform(Net().double(), 0.7, period=3, sparsify_first=True)
+    mixed = copy.deepcopy(eager)
+    torch._dynamo.reset()
+    compiled = torch.compile(mixed, fullgraph=True)
+    batches = _batches(6)
+    expected = _train(eager, batches)
+    actual = _train(compiled, batches[:4]) + _train(mixed, batches[4:])  # steps 5 and 6 in eager mode
+    for step, (want, got) in enumerate(zip(expected, actual, strict=True)):
+        for name, grad in want.items():
+            torch.testing.assert_close(got[name], grad, rtol=1e-9, atol=1e-10, msg=f"step {step}: {name}")
+    assert int(mixed.get_submodule("swat.conv2.w_topk").step) == 6
+
+
+def test_meprop_compiles_with_a_graph_break_at_its_gradient_site() -> None:
+    """meProp's site sparsifies G in a backward hook that writes the site's state, which a compiled
+    graph cannot hold: it compiles (not `fullgraph`) and trains as eager does."""
+    test_fullgraph_compiled_training_equals_eager(2, {"algorithm": "meprop"}, fullgraph=False)
