@@ -1,7 +1,8 @@
 """Train-step time and memory held for the backward pass: swat_fx against dense PyTorch, same run.
 
     python benchmarks/train_step.py            # the full table (under 10 minutes on 2 cores)
-    python benchmarks/train_step.py --quick    # every row, tiny sizes (under a minute)
+    python benchmarks/train_step.py --quick    # every row, tiny sizes (about 2 minutes; torch.compile
+                                               # rows for ResNet-18 only)
 
 Step time: SGD steps on random data (forward, backward, update), median after warm-up. With a
 Top-K period P the exact threshold is computed at one step in P, so the row reports the amortised
@@ -55,6 +56,10 @@ VARIANTS = {  # name: (transform options, period, naive top-k)
     "unstructured, period 20, compressed": ({"kernel": "compressed"}, 20, False),
     "filter (compact kernels), period 20": ({"granularity": "filter"}, 20, False),
 }
+COMPILED = {  # name: period; torch.compile(fullgraph=True) of the default SWAT, at one sparsity a model
+    "unstructured, period 1, torch.compile": 1,
+    "unstructured, period 20, torch.compile": 20,
+}
 
 
 def _naive_kth_largest(groups: torch.Tensor, k: int) -> torch.Tensor:
@@ -80,15 +85,17 @@ def _step(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, y
     return time.perf_counter() - start
 
 
-def step_time(model: nn.Module, x: torch.Tensor, y: torch.Tensor, period: int, steps: int, warmup: int) -> float:
-    """Amortised seconds per training step (see the module docstring)."""
+def step_time(model: nn.Module, x: torch.Tensor, y: torch.Tensor, period: int, steps: int, warmup: int,
+              sites: nn.Module | None = None) -> float:
+    """Amortised seconds per training step (see the module docstring); `sites`: the module holding the
+    Top-K sites, when `model` wraps it (torch.compile)."""
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
     for _ in range(warmup):
         _step(model, optimizer, x, y)
     times = [_step(model, optimizer, x, y) for _ in range(steps)]
     if period == 1:
         return statistics.median(times)
-    sites = [site for _, site in swat_fx.contract.site_modules(model)]
+    sites = [site for _, site in swat_fx.contract.site_modules(model if sites is None else sites)]
     refresh = []
     for _ in range(max(1, steps // 2)):
         for site in sites:  # make the next step a refresh step
@@ -108,6 +115,25 @@ def host_syncs(model: nn.Module, x: torch.Tensor, y: torch.Tensor, period: int) 
             _step(model, optimizer, x, y)
         counts.append(counter.count)
     return " / ".join(map(str, counts if period > 1 else counts * 2))
+
+
+def _compiled_rows(name: str, net: nn.Module, sparsity: float, x: torch.Tensor, y: torch.Tensor,
+                   dense: tuple[float, int], steps: int) -> list[Row]:
+    """The default SWAT under `torch.compile(fullgraph=True)`: compiled during the warm-up steps (host
+    syncs are not counted: a dispatch mode cannot run inside a compiled graph)."""
+    rows = []
+    for variant, period in COMPILED.items():
+        torch._dynamo.reset()
+        model = swat_fx.transform(net, sparsity, period=period)
+        compiled = torch.compile(model, fullgraph=True)
+        seconds = step_time(compiled, x, y, period, steps, warmup=2, sites=model)
+        held = saved_tensor_bytes(compiled, x)
+        rows.append(Row(name, variant, sparsity, seconds * 1e3, seconds / dense[0], held / 2**20, held / dense[1],
+                        "- / -"))
+        del model, compiled
+        gc.collect()
+        print(_format([rows[-1]], header=False), flush=True)
+    return rows
 
 
 def run(quick: bool) -> list[Row]:
@@ -138,6 +164,9 @@ def run(quick: bool) -> list[Row]:
                 del model
                 gc.collect()  # a GraphModule and its graph reference each other: free it before the next
                 print(_format([rows[-1]], header=False), flush=True)
+        if not quick or name == "resnet18_cifar":  # compiling ResNet-50 takes minutes: full run only
+            headline = sparsities[-2] if len(sparsities) > 1 else sparsities[0]  # 0.7 and 0.8 in the full run
+            rows += _compiled_rows(name, net, headline, x, y, (dense_time, dense_bytes), steps)
     return rows
 
 
@@ -156,7 +185,7 @@ def _format(rows: list[Row], header: bool = True) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="tiny sizes, every row, under a minute")
+    parser.add_argument("--quick", action="store_true", help="tiny sizes, every row (compiled: ResNet-18 only)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--json", default=None, help="also write the rows to this JSON file")
     args = parser.parse_args(argv)

@@ -20,12 +20,12 @@ def test_train_step_benchmark_quick_prints_every_row(tmp_path: Path) -> None:
         capture_output=True, text=True, timeout=600, check=True,
     )
     sys.path.insert(0, str(ROOT / "benchmarks"))
-    from train_step import VARIANTS
+    from train_step import COMPILED, VARIANTS
 
     rows = json.loads(out.read_text())
     for model in ("resnet18_cifar", "resnet50"):
         assert f"| {model} | dense PyTorch |" in result.stdout
-        for variant in VARIANTS:
+        for variant in [*VARIANTS, *(COMPILED if model == "resnet18_cifar" else ())]:  # quick: compiled R18
             assert f"| {model} | {variant} |" in result.stdout
             assert any(r["model"] == model and r["variant"] == variant for r in rows)
     assert all(r["step_ms"] > 0 and r["saved_mb"] > 0 for r in rows)
