@@ -12,6 +12,7 @@ import numpy as np
 
 BINS = 1 << 16
 """One 16-bit digit."""
+_LANES = 4
 
 
 @numba.njit(cache=True)
@@ -19,17 +20,57 @@ def digit_histograms(bits, shift, prefix_shift, prefixes, abs_mask, inf_bits):
     """Per row of `bits` (float bit patterns): the counts of each 16-bit digit at `shift` of the
     magnitudes whose bits above `prefix_shift` equal the row's prefix (all of them when `prefix_shift`
     is 63). NaN patterns count as +inf."""
-    rows, n = bits.shape
+    rows = bits.shape[0]
     histograms = np.zeros((rows, BINS), np.int64)
     for row in range(rows):
-        prefix = prefixes[row]
-        for i in range(n):
-            m = np.int64(bits[row, i]) & abs_mask
-            if m > inf_bits:
-                m = inf_bits
-            if prefix_shift >= 63 or (m >> prefix_shift) == prefix:
-                histograms[row, (m >> shift) & (BINS - 1)] += 1
+        if prefix_shift >= 63:
+            _count_every_digit(bits[row], shift, abs_mask, inf_bits, histograms[row])
+        else:
+            _count_prefixed_digits(bits[row], shift, prefix_shift, prefixes[row], abs_mask, inf_bits,
+                                   histograms[row])
     return histograms
+
+
+@numba.njit(cache=True)
+def _count_every_digit(bits, shift, abs_mask, inf_bits, out):
+    """Into four interleaved histograms, summed at the end: a run of equal digits (a ReLU's zeros)
+    would otherwise make every increment wait for the previous one to the same counter."""
+    n = bits.shape[0]
+    counts = np.zeros((_LANES, BINS), np.int32)
+    body = n - n % _LANES
+    for i in range(0, body, _LANES):
+        for lane in range(_LANES):
+            m = min(np.int64(bits[i + lane]) & abs_mask, inf_bits)
+            counts[lane, (m >> shift) & (BINS - 1)] += 1
+    for i in range(body, n):
+        m = min(np.int64(bits[i]) & abs_mask, inf_bits)
+        counts[0, (m >> shift) & (BINS - 1)] += 1
+    for lane in range(_LANES):
+        for digit in range(BINS):
+            out[digit] += counts[lane, digit]
+
+
+@numba.njit(cache=True)
+def _count_prefixed_digits(bits, shift, prefix_shift, prefix, abs_mask, inf_bits, out):
+    """The entries with `prefix` are few, so the branch is well predicted (a prefix of zeros is left
+    to `count_zero_magnitudes` where it can be)."""
+    for i in range(bits.shape[0]):
+        m = min(np.int64(bits[i]) & abs_mask, inf_bits)
+        if (m >> prefix_shift) == prefix:
+            out[(m >> shift) & (BINS - 1)] += 1
+
+
+@numba.njit(cache=True)
+def count_zero_magnitudes(bits, abs_mask):
+    """Per row of `bits`: how many entries are ±0 (one branch-free pass)."""
+    rows, n = bits.shape
+    zeros = np.zeros(rows, np.int64)
+    for row in range(rows):
+        count = 0
+        for i in range(n):
+            count += (bits[row, i] & abs_mask) == 0
+        zeros[row] = count
+    return zeros
 
 
 @numba.njit(cache=True)
@@ -77,58 +118,72 @@ def count_true(keep):
 @numba.njit(cache=True)
 def compress(values, keep, out_values, out_bits):
     """The kept entries of `values`, in order, into `out_values`, and `keep` packed 8 a byte (little
-    endian) into `out_bits`, in one pass."""
+    endian) into `out_bits`, in one branch-free pass (every entry is written at the next free slot, which
+    only a kept one takes): `out_values` needs one slot beyond the kept count."""
     n = values.shape[0]
     j = 0
-    for byte in range(out_bits.shape[0]):
+    for byte in range(n // 8):
         packed = 0
         for bit in range(8):
             i = byte * 8 + bit
-            if i < n and keep[i]:
-                packed |= 1 << bit
-                out_values[j] = values[i]
-                j += 1
+            kept = np.int64(keep[i])
+            out_values[j] = values[i]
+            j += kept
+            packed |= kept << bit
         out_bits[byte] = packed
+    packed = 0
+    for i in range(n - n % 8, n):
+        kept = np.int64(keep[i])
+        out_values[j] = values[i]
+        j += kept
+        packed |= kept << (i % 8)
+    if n % 8:
+        out_bits[n // 8] = packed
 
 
 @numba.njit(cache=True)
 def decompress(values, bits, out):
-    """The inverse of `compress`: `out` gets the kept values where their bit is set, 0 elsewhere."""
-    n = out.shape[0]
+    """The inverse of `compress`: `out` gets the kept values where their bit is set, 0 elsewhere
+    (branch-free: the next value is read at every entry and taken where the bit is set)."""
+    last = values.shape[0] - 1
+    if last < 0:
+        out[:] = 0
+        return
+    zero = out.dtype.type(0)
     j = 0
-    for byte in range(bits.shape[0]):
-        b = bits[byte]
-        for bit in range(8):
-            i = byte * 8 + bit
-            if i >= n:
-                break
-            if (b >> bit) & 1:
-                out[i] = values[j]
-                j += 1
-            else:
-                out[i] = 0
+    for i in range(out.shape[0]):
+        bit = (np.int64(bits[i >> 3]) >> (i & 7)) & 1
+        value = values[min(j, last)]
+        out[i] = value if bit else zero
+        j += bit
 
 
 @numba.njit(cache=True)
 def pack_positive(values, out_bits):
-    """`values > 0`, packed 8 a byte (little endian) into `out_bits`."""
+    """`values > 0`, packed 8 a byte (little endian) into `out_bits`, branch-free."""
     n = values.shape[0]
-    for byte in range(out_bits.shape[0]):
+    for byte in range(n // 8):
         packed = 0
         for bit in range(8):
-            i = byte * 8 + bit
-            if i < n and values[i] > 0:
-                packed |= 1 << bit
+            packed |= np.int64(values[byte * 8 + bit] > 0) << bit
         out_bits[byte] = packed
+    packed = 0
+    for i in range(n - n % 8, n):
+        packed |= np.int64(values[i] > 0) << (i % 8)
+    if n % 8:
+        out_bits[n // 8] = packed
 
 
 @numba.njit(cache=True)
-def select_by_bits(values, bits, out):
-    """`out` = `values` where the packed bit is set, 0 elsewhere."""
-    n = values.shape[0]
-    for byte in range(bits.shape[0]):
-        b = bits[byte]
+def select_by_bits(patterns, bits, out):
+    """`out` = `patterns` where the packed bit is set, 0 elsewhere, on the floats' bit patterns (an
+    integer view): an AND with all-ones or zero per entry, exact for every value (NaN, inf) and
+    vectorised."""
+    n = patterns.shape[0]
+    for byte in range(n // 8):
+        b = np.int64(bits[byte])
         for bit in range(8):
             i = byte * 8 + bit
-            if i < n:
-                out[i] = values[i] if (b >> bit) & 1 else 0
+            out[i] = patterns[i] & -((b >> bit) & 1)
+    for i in range(n - n % 8, n):
+        out[i] = patterns[i] & -((np.int64(bits[i >> 3]) >> (i & 7)) & 1)

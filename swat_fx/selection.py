@@ -66,8 +66,19 @@ def kth_largest_magnitude(groups: torch.Tensor, k: int) -> torch.Tensor:
         histograms = compiled.digit_histograms(bits, shift, prefix_shift, prefixes, abs_mask, inf_bits)
         digits, ranks = compiled.pick_digits(histograms, ranks)
         prefixes = (prefixes << _DIGIT) | digits
+        if shift and not prefixes.any() and _ranks_reach_zero(compiled, bits, abs_mask, histograms, ranks):
+            return groups.new_zeros(rows)
     integer = torch.from_numpy(prefixes).to(view)
     return integer.view(groups.dtype)
+
+
+def _ranks_reach_zero(compiled: Any, bits: np.ndarray, abs_mask: int, histograms: np.ndarray,
+                      ranks: np.ndarray) -> bool:
+    """Whether every row's k-th largest is a zero, the row's lowest digit holding it: a threshold of
+    zero (a ReLU's output at a density above its non-zero share) then needs no pass over the digits'
+    zeros, where a branch per entry on random zeros would cost several times a plain pass."""
+    nonzero = histograms[:, 0] - compiled.count_zero_magnitudes(bits, abs_mask)
+    return bool((ranks > nonzero).all())
 
 
 @torch.library.custom_op("swat_fx::kth_largest_magnitude", mutates_args=())
@@ -92,6 +103,11 @@ def compiled_for(t: torch.Tensor) -> Any:
             or t.numel() < MIN_SIZE):
         return None
     return kernels()
+
+
+def bit_patterns(t: torch.Tensor) -> np.ndarray:
+    """The flat bit patterns of a contiguous CPU float tensor, as a numpy integer view of its memory."""
+    return t.view(_LAYOUT[t.dtype][0]).view(-1).numpy()
 
 
 def threshold_and_count(t: torch.Tensor, tau: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -177,16 +177,20 @@ def test_compiled_compression_and_bit_mask_relu_equal_the_torch_paths(n: int, dt
     torch.manual_seed(n)
     t = torch.randn(n, dtype=dtype)
     t[0] = float("nan")
-    keep = (t.abs() > 0.5) | t.isnan()
-    compressed = CompressedTensor.compress(t, keep)
-    assert compressed.values.numel() == int(keep.sum())
-    assert torch.equal(compressed.bitmap, pack_bits(keep))
-    torch.testing.assert_close(compressed.to_dense(), torch.where(keep, t, torch.zeros((), dtype=dtype)),
-                               equal_nan=True, rtol=0, atol=0)
+    some = (t.abs() > 0.5) | t.isnan()
+    for keep in (some, torch.zeros_like(some), torch.ones_like(some)):
+        compressed = CompressedTensor.compress(t, keep)
+        assert compressed.values.numel() == int(keep.sum())
+        assert torch.equal(compressed.bitmap, pack_bits(keep))
+        torch.testing.assert_close(compressed.to_dense(), torch.where(keep, t, torch.zeros((), dtype=dtype)),
+                                   equal_nan=True, rtol=0, atol=0)
     x = t.clone().requires_grad_()
     y = kernels.relu(x)
     grad = torch.randn(n, dtype=dtype)
+    grad[-1] = float("inf")  # kept or dropped exactly, as the value they are (no inf·0)
+    grad[n // 2] = float("nan")
     y.backward(grad)
     expected = torch.relu(t.clone().requires_grad_())
     torch.testing.assert_close(y, expected, equal_nan=True, rtol=0, atol=0)
-    torch.testing.assert_close(x.grad, torch.where(t > 0, grad, torch.zeros((), dtype=dtype)), rtol=0, atol=0)
+    torch.testing.assert_close(x.grad, torch.where(t > 0, grad, torch.zeros((), dtype=dtype)), rtol=0, atol=0,
+                               equal_nan=True)

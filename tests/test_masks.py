@@ -102,7 +102,7 @@ def test_inf_is_kept_like_nan() -> None:
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
 @pytest.mark.parametrize("density", [0.001, 0.1, 0.3, 0.5, 0.8, 0.999])
-@pytest.mark.parametrize("data", ["normal", "relu", "few_values", "non_finite"])
+@pytest.mark.parametrize("data", ["normal", "relu", "relu_subnormal", "few_values", "non_finite"])
 def test_large_tensors_select_the_exact_threshold(data: str, density: float, dtype: torch.dtype) -> None:
     """The radix select (large groups) agrees with a full sort of the magnitudes (NaN as +inf), also
     with many ties, negative values and infinities, and so does `torch.kthvalue` (the other path)."""
@@ -113,6 +113,10 @@ def test_large_tensors_select_the_exact_threshold(data: str, density: float, dty
     t = torch.randn(2, 300_000)
     if data == "relu":
         t = t.relu()  # half of the entries tie at zero
+    elif data == "relu_subnormal":  # zeros and, just above them, subnormals sharing their top digit
+        t = t.relu()
+        subnormal = torch.randint(0, 1000, t[:, ::7].shape, dtype=torch.int32).view(torch.float32)
+        t[:, ::7] = subnormal * torch.randn(subnormal.shape).sign()
     elif data == "few_values":
         t = torch.randint(-4, 5, t.shape).float()
     elif data == "non_finite":

@@ -306,7 +306,7 @@ class _BitmaskReLU(torch.autograd.Function):
             positive = unpack_bits(bits, ctx.shape).to(grad.device)
             return torch.where(positive, grad, torch.zeros((), dtype=grad.dtype, device=grad.device))
         out = torch.empty_like(grad)
-        compiled.select_by_bits(grad.view(-1).numpy(), bits.numpy(), out.view(-1).numpy())
+        compiled.select_by_bits(selection.bit_patterns(grad), bits.numpy(), selection.bit_patterns(out))
         return out
 
 

@@ -69,10 +69,11 @@ class CompressedTensor:
         if kernels is None:
             return cls(_masked_values(t, keep), pack_bits(keep), t.shape)
         flat, mask = t.view(-1).numpy(), keep.view(-1).numpy()
-        values = np.empty(kernels.count_true(mask), dtype=flat.dtype)
+        count = kernels.count_true(mask)
+        values = np.empty(count + 1, dtype=flat.dtype)  # the slot beyond is the kernel's scratch
         bits = np.empty((flat.size + 7) // 8, dtype=np.uint8)
         kernels.compress(flat, mask, values, bits)  # one pass, values and bits together
-        return cls(torch.from_numpy(values), torch.from_numpy(bits), t.shape)
+        return cls(torch.from_numpy(values[:count]), torch.from_numpy(bits), t.shape)
 
     def to_dense(self) -> torch.Tensor:
         kernels = selection.compiled_for(self.values)
