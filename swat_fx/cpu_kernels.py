@@ -16,23 +16,22 @@ _LANES = 4
 
 
 @numba.njit(cache=True)
-def digit_histograms(bits, shift, prefix_shift, prefixes, abs_mask, inf_bits):
+def digit_histograms(bits, shift, prefix_shift, prefixes, abs_mask):
     """Per row of `bits` (float bit patterns): the counts of each 16-bit digit at `shift` of the
-    magnitudes whose bits above `prefix_shift` equal the row's prefix (all of them when `prefix_shift`
-    is 63). NaN patterns count as +inf."""
+    magnitudes' patterns whose bits above `prefix_shift` equal the row's prefix (all of them when
+    `prefix_shift` is 63). NaN patterns are larger than +inf's: the caller clamps what it selects."""
     rows = bits.shape[0]
     histograms = np.zeros((rows, BINS), np.int64)
     for row in range(rows):
         if prefix_shift >= 63:
-            _count_every_digit(bits[row], shift, abs_mask, inf_bits, histograms[row])
+            _count_every_digit(bits[row], shift, abs_mask, histograms[row])
         else:
-            _count_prefixed_digits(bits[row], shift, prefix_shift, prefixes[row], abs_mask, inf_bits,
-                                   histograms[row])
+            _count_prefixed_digits(bits[row], shift, prefix_shift, prefixes[row], abs_mask, histograms[row])
     return histograms
 
 
 @numba.njit(cache=True)
-def _count_every_digit(bits, shift, abs_mask, inf_bits, out):
+def _count_every_digit(bits, shift, abs_mask, out):
     """Into four interleaved histograms, summed at the end: a run of equal digits (a ReLU's zeros)
     would otherwise make every increment wait for the previous one to the same counter."""
     n = bits.shape[0]
@@ -40,22 +39,20 @@ def _count_every_digit(bits, shift, abs_mask, inf_bits, out):
     body = n - n % _LANES
     for i in range(0, body, _LANES):
         for lane in range(_LANES):
-            m = min(np.int64(bits[i + lane]) & abs_mask, inf_bits)
-            counts[lane, (m >> shift) & (BINS - 1)] += 1
+            counts[lane, ((np.int64(bits[i + lane]) & abs_mask) >> shift) & (BINS - 1)] += 1
     for i in range(body, n):
-        m = min(np.int64(bits[i]) & abs_mask, inf_bits)
-        counts[0, (m >> shift) & (BINS - 1)] += 1
+        counts[0, ((np.int64(bits[i]) & abs_mask) >> shift) & (BINS - 1)] += 1
     for lane in range(_LANES):
         for digit in range(BINS):
             out[digit] += counts[lane, digit]
 
 
 @numba.njit(cache=True)
-def _count_prefixed_digits(bits, shift, prefix_shift, prefix, abs_mask, inf_bits, out):
+def _count_prefixed_digits(bits, shift, prefix_shift, prefix, abs_mask, out):
     """The entries with `prefix` are few, so the branch is well predicted (a prefix of zeros is left
     to `count_zero_magnitudes` where it can be)."""
     for i in range(bits.shape[0]):
-        m = min(np.int64(bits[i]) & abs_mask, inf_bits)
+        m = np.int64(bits[i]) & abs_mask
         if (m >> prefix_shift) == prefix:
             out[(m >> shift) & (BINS - 1)] += 1
 
@@ -106,34 +103,44 @@ def threshold_and_count(values, out, tau):
 
 
 @numba.njit(cache=True)
-def count_true(keep):
-    """How many entries of a bool array are set."""
+def count_kept(values, keep, tau):
+    """How many entries are kept: where `keep` is set or, for an empty `keep`, where |v| >= tau (NaN
+    kept). Branch-free."""
+    by_threshold = keep.shape[0] == 0
     count = 0
-    for i in range(keep.shape[0]):
-        if keep[i]:
-            count += 1
+    for i in range(values.shape[0]):
+        count += _kept(values, keep, tau, by_threshold, i)
     return count
 
 
+@numba.njit(cache=True, inline="always")
+def _kept(values, keep, tau, by_threshold, i):
+    if by_threshold:
+        return np.int64(not abs(values[i]) < tau)
+    return np.int64(keep[i])
+
+
 @numba.njit(cache=True)
-def compress(values, keep, out_values, out_bits):
-    """The kept entries of `values`, in order, into `out_values`, and `keep` packed 8 a byte (little
-    endian) into `out_bits`, in one branch-free pass (every entry is written at the next free slot, which
-    only a kept one takes): `out_values` needs one slot beyond the kept count."""
+def compress(values, keep, tau, out_values, out_bits):
+    """The kept entries of `values` (as `count_kept` decides), in order, into `out_values`, and the
+    mask packed 8 a byte (little endian) into `out_bits`, in one branch-free pass (every entry is
+    written at the next free slot, which only a kept one takes): `out_values` needs one slot beyond
+    the kept count."""
     n = values.shape[0]
+    by_threshold = keep.shape[0] == 0
     j = 0
     for byte in range(n // 8):
         packed = 0
         for bit in range(8):
             i = byte * 8 + bit
-            kept = np.int64(keep[i])
+            kept = _kept(values, keep, tau, by_threshold, i)
             out_values[j] = values[i]
             j += kept
             packed |= kept << bit
         out_bits[byte] = packed
     packed = 0
     for i in range(n - n % 8, n):
-        kept = np.int64(keep[i])
+        kept = _kept(values, keep, tau, by_threshold, i)
         out_values[j] = values[i]
         j += kept
         packed |= kept << (i % 8)

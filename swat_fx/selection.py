@@ -63,12 +63,13 @@ def kth_largest_magnitude(groups: torch.Tensor, k: int) -> torch.Tensor:
     ranks = np.full(rows, k, np.int64)
     for shift in range(width - _DIGIT, -1, -_DIGIT):
         prefix_shift = shift + _DIGIT if shift + _DIGIT < width else 63
-        histograms = compiled.digit_histograms(bits, shift, prefix_shift, prefixes, abs_mask, inf_bits)
+        histograms = compiled.digit_histograms(bits, shift, prefix_shift, prefixes, abs_mask)
         digits, ranks = compiled.pick_digits(histograms, ranks)
         prefixes = (prefixes << _DIGIT) | digits
         if shift and not prefixes.any() and _ranks_reach_zero(compiled, bits, abs_mask, histograms, ranks):
             return groups.new_zeros(rows)
-    integer = torch.from_numpy(prefixes).to(view)
+    # NaN patterns lie above +inf's: a selection that reached one is +inf (NaN ranks as +inf)
+    integer = torch.from_numpy(np.minimum(prefixes, inf_bits)).to(view)
     return integer.view(groups.dtype)
 
 
@@ -110,12 +111,18 @@ def bit_patterns(t: torch.Tensor) -> np.ndarray:
     return t.view(_LAYOUT[t.dtype][0]).view(-1).numpy()
 
 
+def threshold_scalar(tau: torch.Tensor, dtype: torch.dtype) -> np.generic:
+    """A one-element CPU threshold as the numpy scalar a kernel compares `dtype` values with (host
+    memory: nothing to synchronise)."""
+    return tau.detach().reshape(()).to(dtype).numpy()[()]
+
+
 def threshold_and_count(t: torch.Tensor, tau: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(`t` with |v| < tau zeroed, NaN kept; the number of entries kept, a 0-d int64 tensor): one pass
     instead of the compare, the product and the count. `tau` is a one-element CPU tensor, read as such
     (host memory: nothing to synchronise). Needs `compiled_for(t)`."""
     out = torch.empty_like(t, requires_grad=False)
-    limit = tau.detach().reshape(()).to(t.dtype).numpy()[()]
-    kept = compiled_for(t).threshold_and_count(t.detach().view(-1).numpy(), out.view(-1).numpy(), limit)
+    kept = compiled_for(t).threshold_and_count(t.detach().view(-1).numpy(), out.view(-1).numpy(),
+                                               threshold_scalar(tau, t.dtype))
     return out, torch.tensor(kept)
 

@@ -123,6 +123,8 @@ def test_large_tensors_select_the_exact_threshold(data: str, density: float, dty
         t[:, :100] = float("nan")
         t[:, 100:200] = float("-inf")
         t[0, 200:250] = float("inf")
+        payloads = torch.tensor([0x7F800001, 0x7FFFFFFF, -1, -0x7FFFFF], dtype=torch.int32)  # NaNs, some negative
+        t[:, 250:400] = payloads.repeat(38)[:150].view(torch.float32)  # 0x7F800001 shares +inf's top digit
     t = t.to(dtype)
     k = keep_count(density, t.shape[1])
     magnitudes = torch.where(t.isnan(), torch.full_like(t, float("inf")), t.abs())

@@ -9,7 +9,13 @@ from typing import Any
 
 import torch
 
-from swat_fx.backends.eager.operands import CompressedTensor, KeptFilters, KeptUnits, ThresholdedParameter
+from swat_fx.backends.eager.operands import (
+    CompressedTensor,
+    KeptFilters,
+    KeptUnits,
+    ThresholdedParameter,
+    recorded_keep_mask,
+)
 from swat_fx.masks import MaskLayout, apply_mask
 
 
@@ -62,19 +68,22 @@ class Format(enum.Enum):
     @property
     def uses_mask(self) -> bool:
         """THRESHOLDED rebuilds an unstructured tensor from the threshold (and records the density as it
-        does); the others store what the mask keeps."""
-        return self is not Format.THRESHOLDED
+        does), COMPRESSED packs it from the threshold (no mask tensor); the structured ones store what
+        the mask keeps."""
+        return self not in (Format.THRESHOLDED, Format.COMPRESSED)
 
     def encode(self, t: torch.Tensor, keep: torch.Tensor | None, threshold: torch.Tensor, layout: MaskLayout,
                unit_dim: int, record: Callable[[torch.Tensor], Any] | None = None) -> Any:
         """The operand; under torch.compile, whose graphs need sizes known before the data, the formats
         whose sizes depend on the mask (kept values, kept units) hand over the zero-filled tensor."""
         if self is not Format.THRESHOLDED and torch.compiler.is_compiling():
-            return apply_mask(t, keep)
+            return apply_mask(t, recorded_keep_mask(t, threshold, layout, record) if keep is None else keep)
         if self is Format.THRESHOLDED:
             return ThresholdedParameter(t, threshold.detach().clone(), layout, record,
                                         None if keep is None else keep.detach())
         if self is Format.COMPRESSED:
+            if keep is None:
+                return CompressedTensor.from_threshold(t, threshold, layout, record)
             return CompressedTensor.compress(t, keep)
         if self is Format.FILTERS:
             return KeptFilters.select(t, keep)

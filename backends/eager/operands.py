@@ -53,6 +53,15 @@ def _masked_values(t: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
     return t.detach().masked_select(keep)
 
 
+def recorded_keep_mask(t: torch.Tensor, threshold: torch.Tensor, layout: MaskLayout,
+                       record: Callable[[torch.Tensor], Any] | None) -> torch.Tensor:
+    """The keep-mask of `t` under `threshold`, its density given to `record` where one is given."""
+    keep = keep_mask(scores(t, layout), threshold)
+    if record is not None:
+        record(torch.count_nonzero(keep) / keep.numel())
+    return keep
+
+
 @dataclass(frozen=True)
 class CompressedTensor:
     """Kept values and a packed mask: (density·4 + 1/8) bytes an entry instead of 4 for float32."""
@@ -63,16 +72,36 @@ class CompressedTensor:
 
     @classmethod
     def compress(cls, t: torch.Tensor, keep: torch.Tensor) -> CompressedTensor:
+        """The entries of `t` that `keep` (broadcastable to `t`) keeps."""
         keep = keep.expand(t.shape).contiguous()
         t = t.detach().contiguous()
         kernels = selection.compiled_for(t)
         if kernels is None:
             return cls(_masked_values(t, keep), pack_bits(keep), t.shape)
-        flat, mask = t.view(-1).numpy(), keep.view(-1).numpy()
-        count = kernels.count_true(mask)
+        return cls._pack(kernels, t, keep.view(-1).numpy(), t.new_zeros(()))
+
+    @classmethod
+    def from_threshold(cls, t: torch.Tensor, threshold: torch.Tensor, layout: MaskLayout,
+                       record: Callable[[torch.Tensor], Any] | None = None) -> CompressedTensor:
+        """The entries of `t` its Top-K threshold keeps; for one threshold on CPU straight from it (a
+        counting pass and a packing pass, no mask tensor). `record`, where given, gets the density kept."""
+        t = t.detach().contiguous()
+        kernels = selection.compiled_for(t)
+        if kernels is None or layout.score_dims or threshold.numel() != 1:
+            return cls.compress(t, recorded_keep_mask(t, threshold, layout, record))
+        compressed = cls._pack(kernels, t, np.empty(0, np.bool_), threshold)
+        if record is not None:
+            record(torch.tensor(compressed.values.numel() / t.numel(), dtype=torch.float32))
+        return compressed
+
+    @classmethod
+    def _pack(cls, kernels: Any, t: torch.Tensor, keep: np.ndarray, threshold: torch.Tensor) -> CompressedTensor:
+        """By `keep`, or by `threshold` where `keep` is empty: values and bits in one pass, once counted."""
+        flat, limit = t.view(-1).numpy(), selection.threshold_scalar(threshold, t.dtype)
+        count = kernels.count_kept(flat, keep, limit)
         values = np.empty(count + 1, dtype=flat.dtype)  # the slot beyond is the kernel's scratch
         bits = np.empty((flat.size + 7) // 8, dtype=np.uint8)
-        kernels.compress(flat, mask, values, bits)  # one pass, values and bits together
+        kernels.compress(flat, keep, limit, values, bits)
         return cls(torch.from_numpy(values[:count]), torch.from_numpy(bits), t.shape)
 
     def to_dense(self) -> torch.Tensor:
@@ -119,10 +148,7 @@ class ThresholdedParameter:
             if self.record is not None:
                 self.record(kept / values.numel())
             return dense
-        keep = keep_mask(scores(values, self.layout), self.threshold)
-        if self.record is not None:
-            self.record(torch.count_nonzero(keep) / keep.numel())
-        return apply_mask(values, keep)
+        return apply_mask(values, recorded_keep_mask(values, self.threshold, self.layout, self.record))
 
 
 @dataclass(frozen=True)
