@@ -28,8 +28,9 @@ _LAYOUT = {  # dtype: (integer view, bits, sign-cleared mask, bit pattern of +in
     torch.bfloat16: (torch.int16, 16, 0x7FFF, 0x7F80),
 }
 MIN_SIZE = 1 << 16
-"""Smaller tensors (and Top-K groups) are left to torch, which is as fast there: the compiled kernels
-load only for the sizes where they pay off."""
+"""Smaller Top-K groups are left to `torch.kthvalue`, which is faster there (the radix select has a
+fixed cost of about 80 µs, its histograms). The element-wise kernels pay off at every size (a fused
+threshold-and-count: 2 µs for 576 entries against 9 µs as torch ops)."""
 
 
 @functools.cache
@@ -98,10 +99,10 @@ def _(groups: torch.Tensor, k: int) -> torch.Tensor:
 
 
 def compiled_for(t: torch.Tensor) -> Any:
-    """`swat_fx.cpu_kernels` where its element-wise kernels take `t` (a contiguous float32/float64 CPU
-    tensor of `MIN_SIZE` entries or more, numba installed, not under torch.compile), else None."""
+    """`swat_fx.cpu_kernels` where its element-wise kernels take `t` (a non-empty contiguous
+    float32/float64 CPU tensor, numba installed, not under torch.compile), else None."""
     if (t.device.type != "cpu" or t.dtype not in (torch.float32, torch.float64) or not t.is_contiguous()
-            or t.numel() < MIN_SIZE):
+            or t.numel() == 0):
         return None
     return kernels()
 
