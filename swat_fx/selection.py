@@ -84,9 +84,13 @@ def _ranks_reach_zero(compiled: Any, bits: np.ndarray, abs_mask: int, histograms
 
 
 @torch.library.custom_op("swat_fx::kth_largest_magnitude", mutates_args=())
-def kth_largest_magnitude_op(groups: torch.Tensor, k: int) -> torch.Tensor:
+def kth_largest_magnitude_op(groups: torch.Tensor, k: int, needed: torch.Tensor | None = None) -> torch.Tensor:
     """`kth_largest_magnitude` as an op torch.compile keeps whole (it cannot trace numba): the radix
-    select where it runs, `torch.kthvalue` elsewhere."""
+    select where it runs, `torch.kthvalue` elsewhere. `needed`, a CPU bool tensor: whether the result
+    is used (a compiled step between refreshes selects the stored threshold instead), else zeros
+    come back without a pass over the data."""
+    if needed is not None and needed.device.type == "cpu" and not bool(needed):
+        return groups.new_zeros(groups.shape[0])
     if available(groups):
         return kth_largest_magnitude(groups, k)
     magnitudes = torch.nan_to_num(groups.abs(), nan=torch.inf, posinf=torch.inf)
@@ -94,7 +98,7 @@ def kth_largest_magnitude_op(groups: torch.Tensor, k: int) -> torch.Tensor:
 
 
 @kth_largest_magnitude_op.register_fake
-def _(groups: torch.Tensor, k: int) -> torch.Tensor:
+def _(groups: torch.Tensor, k: int, needed: torch.Tensor | None = None) -> torch.Tensor:
     return groups.new_empty(groups.shape[0])
 
 

@@ -180,8 +180,9 @@ class TopK(nn.Module):
         if refresh is False:
             return self.threshold.view([1 if d in reduced else n for d, n in enumerate(t.shape)]), None
         s = scores(t, layout) if layout.score_dims else None  # unstructured: selected from t itself
-        tau = group_thresholds(t if s is None else s, layout.group_dims, self.target_density)
         decided_on_device = isinstance(refresh, torch.Tensor)  # under torch.compile: both, then a select
+        tau = group_thresholds(t if s is None else s, layout.group_dims, self.target_density,
+                               needed=refresh if decided_on_device else None)
         if decided_on_device:
             reused = self.threshold.view([1 if d in reduced else n for d, n in enumerate(t.shape)])
             tau = torch.where(refresh, tau, reused)

@@ -29,3 +29,13 @@ def test_train_step_benchmark_quick_prints_every_row(tmp_path: Path) -> None:
             assert f"| {model} | {variant} |" in result.stdout
             assert any(r["model"] == model and r["variant"] == variant for r in rows)
     assert all(r["step_ms"] > 0 and r["saved_mb"] > 0 for r in rows)
+
+
+def test_kernels_benchmark_prints_every_kernel() -> None:
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "kernels.py"), "--shape", "4", "8", "16", "16", "--repeats", "2"],
+        capture_output=True, text=True, timeout=300, check=True,
+    )
+    for what in ("exact k-th largest |v|, normal", "exact k-th largest |v|, relu, density 0.7",
+                 "threshold and count", "compress", "decompress", "ReLU forward + backward"):
+        assert what in result.stdout

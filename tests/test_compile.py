@@ -86,3 +86,45 @@ def test_meprop_compiles_with_a_graph_break_at_its_gradient_site() -> None:
     """meProp's site sparsifies G in a backward hook that writes the site's state, which a compiled
     graph cannot hold: it compiles (not `fullgraph`) and trains as eager does."""
     test_fullgraph_compiled_training_equals_eager(2, {"algorithm": "meprop"}, fullgraph=False)
+
+
+class WideNet(nn.Module):
+    """Groups of 73,728 entries: above `selection.MIN_SIZE`, so the compiled step runs the radix select op."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(16, 64, 3, padding=1, bias=False)
+        self.conv2 = nn.Conv2d(64, 128, 3, padding=1, bias=False)
+        self.fc = nn.Linear(128, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.conv2(torch.relu(self.conv1(x))))
+        return self.fc(x.mean((2, 3)))
+
+
+def test_compiled_steps_between_refreshes_skip_the_radix_select() -> None:
+    """At period 3 the compiled graph selects at the refresh steps only (steps 1 and 4 of 5), and its
+    gradients and state still equal eager's."""
+    from unittest import mock
+
+    from swat_fx import selection
+
+    torch.manual_seed(0)
+    eager = swat_fx.transform(WideNet().double(), 0.7, period=3, sparsify_first=True)
+    compiled_model = copy.deepcopy(eager)
+    generator = torch.Generator().manual_seed(2)
+    batches = [(torch.randn(2, 16, 48, 48, dtype=torch.float64, generator=generator),
+                torch.randint(0, 10, (2,), generator=generator)) for _ in range(5)]
+    expected = _train(eager, batches)
+    torch._dynamo.reset()
+    compiled = torch.compile(compiled_model, fullgraph=True)
+    with mock.patch.object(selection, "kth_largest_magnitude", wraps=selection.kth_largest_magnitude) as select:
+        actual = _train(compiled, batches)
+    large_sites = 3  # conv1's X is 73,728 entries, conv2's W and X too; conv1's W and fc are small
+    assert select.call_count == 2 * large_sites
+    for step, (want, got) in enumerate(zip(expected, actual, strict=True)):
+        for name, grad in want.items():
+            torch.testing.assert_close(got[name], grad, rtol=1e-9, atol=1e-10, msg=f"step {step}: {name}")
+    for key, value in eager.state_dict().items():
+        if is_state_key(key):
+            torch.testing.assert_close(compiled_model.state_dict()[key], value, rtol=1e-9, atol=1e-12, msg=key)

@@ -1,0 +1,98 @@
+"""The CPU kernels one at a time, against the torch ops they replace, on one activation-sized tensor.
+
+    python benchmarks/kernels.py                 # a 64x64x32x32 float32 tensor (ResNet-18-CIFAR's largest)
+    python benchmarks/kernels.py --shape 4 256 56 56
+
+Each row is the median of `--repeats` calls on the same data, in milliseconds, measured in this run; the
+ratio is torch's time over the kernel's. `normal` data are N(0, 1); `relu` data are their positive part
+(half the entries are zeros, as a ReLU's output), at the density that gives a threshold above zero
+(0.3) and at one that gives a threshold of zero (0.7).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import statistics
+import sys
+import time
+from collections.abc import Callable
+
+import numpy as np
+import torch
+
+from swat_fx import selection
+from swat_fx.backends.eager.kernels import relu as bitmask_relu
+from swat_fx.backends.eager.operands import CompressedTensor
+from swat_fx.masks import keep_count
+
+
+def _median_ms(fn: Callable[[], object], repeats: int) -> float:
+    fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times) * 1e3
+
+
+def _torch_kth(groups: torch.Tensor, k: int) -> torch.Tensor:
+    magnitudes = torch.nan_to_num(groups.abs(), nan=math.inf, posinf=math.inf)
+    return magnitudes.kthvalue(groups.shape[1] - k + 1, dim=1).values
+
+
+def rows(shape: tuple[int, ...], repeats: int) -> list[tuple[str, float, float]]:
+    """(what, kernel ms, torch ms) for each kernel."""
+    torch.manual_seed(0)
+    normal = torch.randn(shape)
+    data = {"normal": normal, "relu": normal.relu()}
+    out = []
+    for name, density in (("normal", 0.3), ("relu", 0.3), ("relu", 0.7)):
+        t = data[name]
+        groups, k = t.view(1, -1), keep_count(density, t.numel())
+        assert torch.equal(selection.kth_largest_magnitude(groups, k), _torch_kth(groups, k))
+        out.append((f"exact k-th largest |v|, {name}, density {density}",
+                    _median_ms(lambda g=groups, k=k: selection.kth_largest_magnitude(g, k), repeats),
+                    _median_ms(lambda g=groups, k=k: _torch_kth(g, k), repeats)))
+    t = data["relu"]
+    tau = selection.kth_largest_magnitude(t.view(1, -1), keep_count(0.3, t.numel())).reshape(1)
+    out.append(("threshold and count, relu, density 0.3",
+                _median_ms(lambda: selection.threshold_and_count(t, tau), repeats),
+                _median_ms(lambda: (t * (t.abs() >= tau), torch.count_nonzero(~(t.abs() < tau))), repeats)))
+    keep = ~(t.abs() < tau)
+    compressed = CompressedTensor.compress(t, keep)
+    out.append(("compress (kept values + bit mask)",
+                _median_ms(lambda: CompressedTensor.compress(t, keep), repeats),
+                _median_ms(lambda: (t.masked_select(keep), np.packbits(keep.numpy(), bitorder="little")), repeats)))
+    out.append(("decompress",
+                _median_ms(compressed.to_dense, repeats),
+                _median_ms(lambda: torch.zeros_like(t).masked_scatter_(keep, compressed.values), repeats)))
+    x, grad = normal.clone().requires_grad_(), torch.randn(shape)
+    plain = normal.clone().requires_grad_()
+    out.append(("ReLU forward + backward, 1 bit an entry held",
+                _median_ms(lambda: bitmask_relu(x).backward(grad), repeats),
+                _median_ms(lambda: torch.relu(plain).backward(grad), repeats)))
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--shape", type=int, nargs="+", default=[64, 64, 32, 32])
+    parser.add_argument("--repeats", type=int, default=30)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    if not selection.available(torch.zeros(1)):
+        print("numba is not installed: the kernels are not available", file=sys.stderr)
+        return 1
+    shape = tuple(args.shape)
+    print(f"tensor {'x'.join(map(str, shape))} float32, {args.threads} torch threads, median of {args.repeats}")
+    print(f"{'kernel':48s} {'swat_fx ms':>10s} {'torch ms':>9s} {'torch/swat_fx':>13s}")
+    for what, ours, theirs in rows(shape, args.repeats):
+        print(f"{what:48s} {ours:10.2f} {theirs:9.2f} {theirs / ours:12.1f}x")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
