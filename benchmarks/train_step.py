@@ -66,7 +66,7 @@ COMPILED = {  # name: period; torch.compile(fullgraph=True) of the default SWAT,
 }
 
 
-def _naive_kth_largest(groups: torch.Tensor, k: int) -> torch.Tensor:
+def _naive_kth_largest(groups: torch.Tensor, k: int, needed: torch.Tensor | None = None) -> torch.Tensor:
     """What a straightforward implementation does: a full per-step torch.topk of the magnitudes."""
     return groups.detach().abs().topk(k, dim=1).values[:, -1]
 
