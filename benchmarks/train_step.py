@@ -10,8 +10,9 @@ step `(t_refresh + (P - 1) · t_reuse) / P` from the medians of both kinds of st
 Memory: the unique storages autograd holds at the end of the forward (`saved_tensors_hooks`), masks,
 indices and sparse values included, parameters excluded (they are resident in any case).
 Ratios are against dense PyTorch measured in the same run: time < 1 is faster, memory < 1 is smaller.
-The time ratio of each row is against a dense block timed just before it (`dense ms`), so the
-minutes-long drift of a shared machine cancels out of the ratio.
+The time ratio of each row is against a dense block timed next to it (`dense ms`: just before the
+row, or just after a torch.compile row, whose compilation comes first), so the minutes-long drift of a
+shared machine cancels out of the ratio.
 """
 
 from __future__ import annotations

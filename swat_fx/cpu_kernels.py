@@ -22,20 +22,21 @@ def digit_histograms(bits, shift, prefix_shift, prefixes, abs_mask):
     `prefix_shift` is 63). NaN patterns are larger than +inf's: the caller clamps what it selects."""
     rows = bits.shape[0]
     histograms = np.zeros((rows, BINS), np.int64)
+    lanes = np.empty((_LANES, BINS), np.int32)
     for row in range(rows):
         if prefix_shift >= 63:
-            _count_every_digit(bits[row], shift, abs_mask, histograms[row])
+            _count_every_digit(bits[row], shift, abs_mask, lanes, histograms[row])
         else:
             _count_prefixed_digits(bits[row], shift, prefix_shift, prefixes[row], abs_mask, histograms[row])
     return histograms
 
 
 @numba.njit(cache=True)
-def _count_every_digit(bits, shift, abs_mask, out):
-    """Into four interleaved histograms, summed at the end: a run of equal digits (a ReLU's zeros)
-    would otherwise make every increment wait for the previous one to the same counter."""
+def _count_every_digit(bits, shift, abs_mask, counts, out):
+    """Into four interleaved histograms (`counts`, scratch), summed at the end: a run of equal digits
+    (a ReLU's zeros) would otherwise make every increment wait for the previous one to the same counter."""
     n = bits.shape[0]
-    counts = np.zeros((_LANES, BINS), np.int32)
+    counts[:] = 0
     body = n - n % _LANES
     for i in range(0, body, _LANES):
         for lane in range(_LANES):

@@ -140,7 +140,7 @@ class TopK(nn.Module):
                 self.density.copy_(torch.where(tau.reshape(()) > 0, kept, torch.ones_like(kept)))
             return out
         if format is not None and not getattr(format, "uses_mask", True) and not layout.score_dims:
-            # built from the threshold alone: the density kept is counted when it is first rebuilt
+            # built from the threshold alone: the density kept is counted as it is packed or first rebuilt
             return format.encode(t, None, tau, layout, self.unit_dim, record=self.density.copy_ if store else None)
         keep = self._keep(t, layout, tau, s, record=store)
         if format is not None:

@@ -194,3 +194,73 @@ def test_compiled_compression_and_bit_mask_relu_equal_the_torch_paths(n: int, dt
     torch.testing.assert_close(y, expected, equal_nan=True, rtol=0, atol=0)
     torch.testing.assert_close(x.grad, torch.where(t > 0, grad, torch.zeros((), dtype=dtype)), rtol=0, atol=0,
                                equal_nan=True)
+
+
+def test_compress_writes_one_slot_past_the_kept_values_and_no_further() -> None:
+    """numba does not check bounds: the packing kernel's scratch slot is checked with a sentinel."""
+    import numpy as np
+
+    from swat_fx import selection
+
+    kernels = selection.kernels()
+    values = torch.randn(1001).numpy()
+    for keep in (values > 0.5, np.zeros(1001, np.bool_), np.ones(1001, np.bool_)):
+        count = int(keep.sum())
+        out = np.full(count + 2, 7.0, values.dtype)  # count values, the scratch slot, a sentinel
+        bits = np.empty(126, np.uint8)
+        kernels.compress(values, keep, values.dtype.type(0), out[:count + 1], bits)
+        assert out[-1] == 7.0 and np.array_equal(out[:count], values[keep])
+        assert np.array_equal(bits, np.packbits(keep, bitorder="little"))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("tau", [0.0, 0.7, float("inf")])
+def test_compressing_from_the_threshold_equals_compressing_by_the_mask(tau: float, dtype: torch.dtype) -> None:
+    """`CompressedTensor.from_threshold` (no mask tensor) against `compress` by the reference keep-mask
+    |v| >= tau with NaN kept, and the density it records, with NaN, ±inf and -0.0 in the data."""
+    torch.manual_seed(7)
+    t = torch.randn(3, 5, 7, 11, dtype=dtype)
+    t.view(-1)[:4] = torch.tensor([float("nan"), float("inf"), float("-inf"), -0.0], dtype=dtype)
+    threshold = torch.tensor([tau], dtype=torch.float32)  # a float32 threshold, as sites store it
+    keep = ~(t.abs() < threshold.to(dtype))
+    recorded = []
+    compressed = CompressedTensor.from_threshold(t, threshold, mask_layout("input", "conv", "nchw", 4),
+                                                 recorded.append)
+    expected = CompressedTensor.compress(t, keep)
+    assert torch.equal(compressed.bitmap, expected.bitmap)
+    torch.testing.assert_close(compressed.values, expected.values, equal_nan=True, rtol=0, atol=0)
+    torch.testing.assert_close(compressed.to_dense(), torch.where(keep, t, torch.zeros((), dtype=dtype)),
+                               equal_nan=True, rtol=0, atol=0)
+    assert torch.equal(recorded[0], torch.count_nonzero(keep) / keep.numel())
+
+
+def test_masked_and_compressed_kernels_record_the_same_state_between_refreshes() -> None:
+    """Period 3: the thresholds, steps and densities (counted at every step, refresh or not) of the
+    compressed kernel equal the masked kernel's."""
+    torch.manual_seed(8)
+    net = models.resnet18(num_classes=10, stem="cifar")
+    masked = swat_fx.transform(net, 0.7, period=3, kernel="masked")
+    compressed = swat_fx.transform(net, 0.7, period=3, kernel="compressed")
+    for step in range(4):
+        x = torch.randn(4, 3, 16, 16)
+        for model in (masked, compressed):
+            model(x).sum().backward()
+        for (name, want), (_, got) in zip(swat_fx.contract.sites(masked), swat_fx.contract.sites(compressed),
+                                          strict=True):
+            for buffer in ("step", "threshold", "density"):
+                assert torch.equal(getattr(got, buffer), getattr(want, buffer)), f"step {step}: {name}.{buffer}"
+
+
+def test_bitmask_relu_backward_is_differentiable() -> None:
+    """A double backward (create_graph=True) differentiates the bit-mask ReLU's backward w.r.t. its
+    incoming gradient as torch's ReLU does."""
+    torch.manual_seed(9)
+    x = torch.randn(3, 300)
+    results = []
+    for relu in (kernels.relu, torch.relu):
+        inp = x.clone().requires_grad_()
+        upstream = torch.randn(3, 300, generator=torch.Generator().manual_seed(1)).requires_grad_()
+        (grad_x,) = torch.autograd.grad(relu(inp), inp, upstream, create_graph=True)
+        (grad_upstream,) = torch.autograd.grad((grad_x * x).sum(), upstream)
+        results.append((grad_x.detach(), grad_upstream))
+    assert torch.equal(results[0][0], results[1][0]) and torch.equal(results[0][1], results[1][1])

@@ -134,3 +134,25 @@ def test_large_tensors_select_the_exact_threshold(data: str, density: float, dty
     assert torch.equal(kth_largest_magnitude(t[:, :1000], min(k, 1000)),  # below selection.MIN_SIZE
                        magnitudes[:, :1000].float().sort(dim=1, descending=True).values[:, min(k, 1000) - 1]
                        .to(dtype))
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float16])
+@pytest.mark.parametrize("density", [0.0001, 0.3, 0.6, 0.75, 0.9, 1.0])
+def test_radix_select_on_native_float64_and_float16_data(density: float, dtype: torch.dtype) -> None:
+    """Data made in the dtype itself (full float64 mantissas, the dtype's own subnormals, a NaN whose
+    top digit is +inf's), so every pass of the select and its zero shortcut see real bit patterns."""
+    from swat_fx import selection
+    from swat_fx.masks import kth_largest_magnitude
+
+    integer, nan_bits = {torch.float64: (torch.int64, 0x7FF0000000000001), torch.float16: (torch.int16, 0x7C01)}[dtype]
+    generator = torch.Generator().manual_seed(3)
+    t = torch.randn(2, 70_000, dtype=torch.float64, generator=generator).to(dtype).relu()  # half zeros
+    subnormal = torch.randint(1, 1000, t[:, ::9].shape, generator=generator).to(integer).view(dtype)
+    t[:, ::9] = subnormal * torch.randn(subnormal.shape, generator=generator).sign().to(dtype)
+    t[0, 1::9] = torch.tensor(nan_bits, dtype=integer).view(dtype)
+    t[1, 2:40] = float("inf")
+    k = keep_count(density, t.shape[1])
+    magnitudes = torch.where(t.isnan(), torch.full_like(t, float("inf")), t.abs())
+    expected = magnitudes.double().sort(dim=1, descending=True).values[:, k - 1].to(dtype)
+    assert selection.available(t) and t.shape[1] >= selection.MIN_SIZE
+    assert torch.equal(kth_largest_magnitude(t, k), expected)

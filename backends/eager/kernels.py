@@ -302,7 +302,7 @@ class _BitmaskReLU(torch.autograd.Function):
         (bits,) = ctx.saved_tensors
         grad = grad.contiguous()
         compiled = selection.compiled_for(grad)
-        if compiled is None:
+        if compiled is None or grad.requires_grad:  # a double backward differentiates the torch ops
             positive = unpack_bits(bits, ctx.shape).to(grad.device)
             return torch.where(positive, grad, torch.zeros((), dtype=grad.dtype, device=grad.device))
         out = torch.empty_like(grad)

@@ -91,7 +91,7 @@ class CompressedTensor:
             return cls.compress(t, recorded_keep_mask(t, threshold, layout, record))
         compressed = cls._pack(kernels, t, np.empty(0, np.bool_), threshold)
         if record is not None:
-            record(torch.tensor(compressed.values.numel() / t.numel(), dtype=torch.float32))
+            record(torch.tensor(compressed.values.numel()) / t.numel())  # as the other formats divide
         return compressed
 
     @classmethod
