@@ -122,11 +122,14 @@ def threshold_scalar(tau: torch.Tensor, dtype: torch.dtype) -> np.generic:
     return tau.detach().reshape(()).to(dtype).numpy()[()]
 
 
-def threshold_and_count(t: torch.Tensor, tau: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def threshold_and_count(t: torch.Tensor, tau: torch.Tensor,
+                        out: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(`t` with |v| < tau zeroed, NaN kept; the number of entries kept, a 0-d int64 tensor): one pass
     instead of the compare, the product and the count. `tau` is a one-element CPU tensor, read as such
-    (host memory: nothing to synchronise). Needs `compiled_for(t)`."""
-    out = torch.empty_like(t, requires_grad=False)
+    (host memory: nothing to synchronise). `out`, where given, receives the result (contiguous, `t`'s
+    shape and dtype). Needs `compiled_for(t)`."""
+    if out is None:
+        out = torch.empty_like(t, requires_grad=False)
     kept = compiled_for(t).threshold_and_count(t.detach().view(-1).numpy(), out.view(-1).numpy(),
                                                threshold_scalar(tau, t.dtype))
     return out, torch.tensor(kept)

@@ -21,6 +21,8 @@ from swat_fx import selection
 from swat_fx.backends.eager.formats import Kernel
 from swat_fx.backends.eager.operands import (
     UNITS,
+    KeptFilters,
+    KeptUnits,
     Operand,
     flatten_operand,
     pack_bits,
@@ -28,6 +30,7 @@ from swat_fx.backends.eager.operands import (
     unflatten_operand,
     unpack_bits,
 )
+from swat_fx.backends.eager.workspace import Slot, Workspace
 
 Padding = str | Sequence[int]
 
@@ -112,6 +115,15 @@ def _dense_where_none(x: torch.Tensor, weight: torch.Tensor, weight_fwd: Operand
             x if input_bwd is None else input_bwd)
 
 
+def _product_operand(operand: Operand, workspace: Workspace | None, slot: Slot) -> torch.Tensor:
+    """The dense tensor a product reads. A W_s or X_s rebuilt for this product alone goes into the
+    workspace's buffer for `slot`; with grad mode on (a double backward) autograd may keep it, so it
+    gets a tensor of its own."""
+    if workspace is None or isinstance(operand, torch.Tensor | KeptUnits | KeptFilters) or torch.is_grad_enabled():
+        return to_dense(operand)
+    return operand.to_dense(out=workspace.buffer(slot, operand.shape, operand.dtype, operand.device))
+
+
 def _distinct(operand: Operand | None, other: Operand | None) -> Operand | None:
     """`operand`, as a view where it is the tensor `other` too (one W_s for Y and dX): torch.compile
     cannot trace `apply` given one tensor twice."""
@@ -126,8 +138,10 @@ class _SwatConv(torch.autograd.Function):
         ctx: Any, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
         weight_fwd: Operand, weight_bwd: Operand, input_bwd: Operand,
         stride: list[int], padding: list[int], extra: list[int], dilation: list[int], groups: int,
+        workspace: Workspace | None,
     ) -> torch.Tensor:
         weight_fwd, weight_bwd, input_bwd = _dense_where_none(x, weight, weight_fwd, weight_bwd, input_bwd)
+        ctx.workspace = workspace
         ctx.conv_args = (stride, padding, dilation, False, [0] * len(stride), groups)
         ctx.extra, ctx.input_shape, ctx.weight_shape = extra, x.shape, weight.shape
         ctx.bias_sizes = None if bias is None else list(bias.shape)
@@ -137,7 +151,8 @@ class _SwatConv(torch.autograd.Function):
             kept_bias = None if bias is None else bias.index_select(0, weight_fwd.index)
             kept = torch.convolution(x, weight_fwd.values.to(x.dtype), kept_bias, *ctx.conv_args)
             return _scatter_units(kept, weight_fwd.index, 1, weight.shape[0], bias)
-        return torch.convolution(x, to_dense(weight_fwd).to(x.dtype), bias, *ctx.conv_args)
+        return torch.convolution(x, _product_operand(weight_fwd, workspace, Slot.WEIGHT).to(x.dtype), bias,
+                                 *ctx.conv_args)
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
@@ -148,22 +163,25 @@ class _SwatConv(torch.autograd.Function):
         if ctx.needs_input_grad[0] and ctx.needs_input_grad[1] and not any(isinstance(o, UNITS) for o in (
                 weight_bwd, input_bwd)) and not any(ctx.extra):
             # dX = conv_x(G, W_s) and dW = conv_w(X_s, G) in one call: dX reads only W, dW only X
-            x = to_dense(input_bwd).to(grad.dtype)
-            dx, dw, _ = torch.ops.aten.convolution_backward(
-                grad, x, to_dense(weight_bwd).to(grad.dtype), None, *ctx.conv_args, [True, True, False])
-            return dx, dw, db, None, None, None, None, None, None, None, None
+            x = _product_operand(input_bwd, ctx.workspace, Slot.INPUT).to(grad.dtype)
+            w = _product_operand(weight_bwd, ctx.workspace, Slot.WEIGHT).to(grad.dtype)
+            dx, dw, _ = torch.ops.aten.convolution_backward(grad, x, w, None, *ctx.conv_args, [True, True, False])
+            return dx, dw, db, None, None, None, None, None, None, None, None, None
         if ctx.needs_input_grad[0]:
             w, g = weight_bwd, grad
             if isinstance(w, UNITS):  # only the kept filters, and G's matching channels, enter dX
                 w, g = w.values, grad.index_select(1, w.index)
             # dX reads only the shape of the input argument, dW only that of the weight: empty stand-ins
             dx = torch.ops.aten.convolution_backward(
-                g, grad.new_empty(padded_shape), to_dense(w).to(grad.dtype), None, *ctx.conv_args,
+                g, grad.new_empty(padded_shape), _product_operand(w, ctx.workspace, Slot.WEIGHT).to(grad.dtype),
+                None, *ctx.conv_args,
                 [True, False, False])[0]
             if any(ctx.extra):
                 dx = dx[(..., *(slice(0, n) for n in ctx.input_shape[2:]))]
         if ctx.needs_input_grad[1]:
-            x = (input_bwd.values if isinstance(input_bwd, UNITS) else to_dense(input_bwd)).to(grad.dtype)
+            x = input_bwd.values if isinstance(input_bwd, UNITS) else _product_operand(
+                input_bwd, ctx.workspace, Slot.INPUT)
+            x = x.to(grad.dtype)
             weight_shape = list(ctx.weight_shape)
             weight_shape[1] = x.shape[1] // ctx.conv_args[-1]
             dw = torch.ops.aten.convolution_backward(
@@ -171,15 +189,22 @@ class _SwatConv(torch.autograd.Function):
                 [False, True, False])[1]
             if isinstance(input_bwd, UNITS):
                 dw = grad.new_zeros(ctx.weight_shape).index_copy_(1, input_bwd.index, dw)
-        return dx, dw, db, None, None, None, None, None, None, None, None
+        return dx, dw, db, None, None, None, None, None, None, None, None, None
+
+
+def _eager_only(workspace: Workspace | None) -> Workspace | None:
+    """No workspace under torch.compile: what a compiled graph allocates is the compiler's choice."""
+    return None if torch.compiler.is_compiling() else workspace
 
 
 def conv_swat(
     x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, *,
     stride: Sequence[int], padding: Padding, dilation: Sequence[int], groups: int,
     weight_fwd: Operand | None = None, weight_bwd: Operand | None = None, input_bwd: Operand | None = None,
+    workspace: Workspace | None = None,
 ) -> torch.Tensor:
-    """Conv with separately sparsified operands for Y, dX and dW."""
+    """Conv with separately sparsified operands for Y, dX and dW; `workspace`, where given, holds the
+    operands rebuilt for one product."""
     if weight.dim() != x.dim():
         raise ValueError(
             f"SWAT conv got an input of shape {tuple(x.shape)} for a weight of shape {tuple(weight.shape)}: "
@@ -192,7 +217,7 @@ def conv_swat(
     return _SwatConv.apply(
         x, weight, bias,
         weight_fwd, _distinct(weight_bwd, weight_fwd), input_bwd,
-        list(stride), sym, extra, list(dilation), groups,
+        list(stride), sym, extra, list(dilation), groups, _eager_only(workspace),
     )
 
 
@@ -209,38 +234,41 @@ class _SwatLinear(torch.autograd.Function):
     @staticmethod
     def forward(
         ctx: Any, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
-        weight_fwd: Operand, weight_bwd: Operand, input_bwd: Operand,
+        weight_fwd: Operand, weight_bwd: Operand, input_bwd: Operand, workspace: Workspace | None,
     ) -> torch.Tensor:
         weight_fwd, weight_bwd, input_bwd = _dense_where_none(x, weight, weight_fwd, weight_bwd, input_bwd)
+        ctx.workspace = workspace
         ctx.has_bias, ctx.weight_shape, ctx.input_shape = bias is not None, weight.shape, x.shape
         _save_operands(ctx, weight_bwd, input_bwd)
         if weight.dim() > 2:  # batched: a product per leading index, broadcast as matmul does
-            return torch.matmul(x, to_dense(weight_fwd).to(x.dtype).mT)
+            return torch.matmul(x, _product_operand(weight_fwd, workspace, Slot.WEIGHT).to(x.dtype).mT)
         if isinstance(weight_fwd, UNITS):
             kept_bias = None if bias is None else bias.index_select(0, weight_fwd.index)
             kept = F.linear(x, weight_fwd.values.to(x.dtype), kept_bias)
             return _scatter_units(kept, weight_fwd.index, -1, weight.shape[0], bias)
-        return F.linear(x, to_dense(weight_fwd).to(x.dtype), bias)
+        return F.linear(x, _product_operand(weight_fwd, workspace, Slot.WEIGHT).to(x.dtype), bias)
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         weight_bwd, input_bwd = _saved_operands(ctx)
         if len(ctx.weight_shape) > 2:
-            return (*_batched_linear_grads(ctx, grad, weight_bwd, input_bwd), None, None, None, None)
+            return (*_batched_linear_grads(ctx, grad, weight_bwd, input_bwd), None, None, None, None, None)
         rows = grad.reshape(-1, grad.shape[-1])
         dx = dw = None
         if ctx.needs_input_grad[0]:
             if isinstance(weight_bwd, UNITS):
                 dx = grad.index_select(-1, weight_bwd.index) @ weight_bwd.values.to(grad.dtype)
             else:
-                dx = grad @ to_dense(weight_bwd).to(grad.dtype)
+                dx = grad @ _product_operand(weight_bwd, ctx.workspace, Slot.WEIGHT).to(grad.dtype)
         if ctx.needs_input_grad[1]:
-            x = (input_bwd.values if isinstance(input_bwd, UNITS) else to_dense(input_bwd)).to(grad.dtype)
+            x = input_bwd.values if isinstance(input_bwd, UNITS) else _product_operand(
+                input_bwd, ctx.workspace, Slot.INPUT)
+            x = x.to(grad.dtype)
             dw = rows.t() @ x.reshape(-1, x.shape[-1])
             if isinstance(input_bwd, UNITS):
                 dw = grad.new_zeros(ctx.weight_shape).index_copy_(1, input_bwd.index, dw)
         db = rows.sum(0) if ctx.has_bias and ctx.needs_input_grad[2] else None
-        return dx, dw, db, None, None, None
+        return dx, dw, db, None, None, None, None
 
 
 def _batched_linear_grads(ctx: Any, grad: torch.Tensor, weight_bwd: Operand,
@@ -251,10 +279,10 @@ def _batched_linear_grads(ctx: Any, grad: torch.Tensor, weight_bwd: Operand,
     vector = len(ctx.input_shape) == 1  # x [I] is the row [1, I], whose output row matmul dropped
     rows = grad.unsqueeze(-2) if vector else grad
     if ctx.needs_input_grad[0]:
-        dx = torch.matmul(rows, to_dense(weight_bwd).to(grad.dtype))
+        dx = torch.matmul(rows, _product_operand(weight_bwd, ctx.workspace, Slot.WEIGHT).to(grad.dtype))
         dx = dx.sum_to_size((1, *ctx.input_shape) if vector else ctx.input_shape).reshape(ctx.input_shape)
     if ctx.needs_input_grad[1]:
-        x = to_dense(input_bwd).to(grad.dtype)
+        x = _product_operand(input_bwd, ctx.workspace, Slot.INPUT).to(grad.dtype)
         dw = torch.matmul(rows.mT, x.unsqueeze(0) if vector else x).sum_to_size(ctx.weight_shape)
     return dx, dw
 
@@ -262,6 +290,7 @@ def _batched_linear_grads(ctx: Any, grad: torch.Tensor, weight_bwd: Operand,
 def linear_swat(
     x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, *,
     weight_fwd: Operand | None = None, weight_bwd: Operand | None = None, input_bwd: Operand | None = None,
+    workspace: Workspace | None = None,
 ) -> torch.Tensor:
     """Linear (any leading dims) with separately sparsified operands for Y, dX and dW; a weight
     [..., O, I] with leading dims is batched: Y = X @ Wᵀ broadcast as `torch.matmul` does, no bias."""
@@ -270,7 +299,7 @@ def linear_swat(
     x, weight, bias = autocast_operands(x, weight, bias)
     return _SwatLinear.apply(
         x, weight, bias,
-        weight_fwd, _distinct(weight_bwd, weight_fwd), input_bwd,
+        weight_fwd, _distinct(weight_bwd, weight_fwd), input_bwd, _eager_only(workspace),
     )
 
 

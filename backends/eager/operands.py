@@ -104,13 +104,24 @@ class CompressedTensor:
         kernels.compress(flat, keep, limit, values, bits)
         return cls(torch.from_numpy(values[:count]), torch.from_numpy(bits), t.shape)
 
-    def to_dense(self) -> torch.Tensor:
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.values.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.values.device
+
+    def to_dense(self, out: torch.Tensor | None = None) -> torch.Tensor:
+        """The zero-filled tensor, written into `out` (contiguous, of this shape and dtype) where one is
+        given and the compiled kernel runs."""
         kernels = selection.compiled_for(self.values)
         if kernels is None:
             keep = unpack_bits(self.bitmap, self.shape).to(self.values.device)
-            out = torch.zeros(self.shape, dtype=self.values.dtype, device=self.values.device)
-            return out.masked_scatter_(keep, self.values)
-        out = torch.empty(self.shape, dtype=self.values.dtype)
+            dense = torch.zeros(self.shape, dtype=self.values.dtype, device=self.values.device)
+            return dense.masked_scatter_(keep, self.values)
+        if out is None:
+            out = torch.empty(self.shape, dtype=self.values.dtype)
         kernels.decompress(self.values.numpy(), self.bitmap.numpy(), out.view(-1).numpy())
         return out
 
@@ -135,13 +146,23 @@ class ThresholdedParameter:
     def shape(self) -> torch.Size:
         return self.base.shape
 
-    def to_dense(self) -> torch.Tensor:
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.base.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.base.device
+
+    def to_dense(self, out: torch.Tensor | None = None) -> torch.Tensor:
+        """The zero-filled tensor, written into `out` (contiguous, of this shape and dtype) where one is
+        given and the fused CPU pass runs."""
         values = self.base.detach()
         if self.keep is not None:
             return apply_mask(values, self.keep)
         if not self.layout.score_dims and self.threshold.numel() == 1:
             if selection.compiled_for(values):
-                dense, kept = selection.threshold_and_count(values, self.threshold)
+                dense, kept = selection.threshold_and_count(values, self.threshold, out)
             else:
                 dense = apply_threshold(values, self.threshold)
                 kept = torch.count_nonzero(~(values.abs() < self.threshold)) if self.record else None

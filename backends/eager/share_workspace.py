@@ -1,0 +1,58 @@
+"""Eager lowering pass: the model's masked and compressed kernels rebuild W_s / X_s into one `Workspace`.
+
+The workspace is a submodule of the lowered model (`swat_workspace`), read once at the top of the
+graph and handed to every such kernel call, so `gm.code` shows it (`workspace = swat_workspace`). It
+holds no state: `state_dict()` is unchanged, a copy starts empty. Kernels inside a checkpoint region
+get it as an argument of the region like any other value.
+"""
+
+from __future__ import annotations
+
+import torch.fx as fx
+
+from swat_fx.backends.eager import kernels
+from swat_fx.backends.eager.conditions import KERNELS_CHOSEN
+from swat_fx.backends.eager.formats import Kernel
+from swat_fx.backends.eager.workspace import Workspace
+from swat_fx.passes import Condition, SwatPass
+
+WORKSPACE = "swat_workspace"
+"""The lowered model's submodule that holds the kernels' scratch buffers."""
+_REBUILDING = (Kernel.MASKED, Kernel.COMPRESSED)
+
+
+def _rebuilding_kernel_nodes(gm: fx.GraphModule) -> list[fx.Node]:
+    return [node for node in gm.graph.nodes if node.op == "call_function"
+            and node.target in (kernels.conv, kernels.linear) and node.kwargs.get("kernel") in _REBUILDING]
+
+
+def _workspace_shared(gm: fx.GraphModule) -> str | None:
+    for node in _rebuilding_kernel_nodes(gm):
+        source = node.kwargs.get("workspace")
+        if not (isinstance(source, fx.Node) and source.op == "get_attr"
+                and isinstance(getattr(gm, source.target, None), Workspace)):
+            return f"node {node.name!r} runs the {node.kwargs['kernel'].value} kernel without the model's workspace"
+    return None
+
+
+WORKSPACE_SHARED = Condition("every masked or compressed kernel rebuilds into the model's workspace", _workspace_shared)
+
+
+class ShareWorkspace(SwatPass):
+    """Give every masked and compressed kernel call the model's one `Workspace`."""
+
+    requires = (KERNELS_CHOSEN,)
+    ensures = (KERNELS_CHOSEN, WORKSPACE_SHARED)
+
+    def call(self, gm: fx.GraphModule) -> fx.GraphModule:
+        nodes = _rebuilding_kernel_nodes(gm)
+        if not nodes:
+            return gm
+        gm.add_submodule(WORKSPACE, Workspace())
+        placeholders = [node for node in gm.graph.nodes if node.op == "placeholder"]
+        anchor = placeholders[-1].next if placeholders else next(iter(gm.graph.nodes))
+        with gm.graph.inserting_before(anchor):
+            workspace = gm.graph.get_attr(WORKSPACE)
+        for node in nodes:
+            node.update_kwarg("workspace", workspace)
+        return gm
