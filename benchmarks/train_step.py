@@ -9,6 +9,8 @@ Top-K period P the exact threshold is computed at one step in P, so the row repo
 step `(t_refresh + (P - 1) · t_reuse) / P` from the medians of both kinds of step.
 Memory: the unique storages autograd holds at the end of the forward (`saved_tensors_hooks`), masks,
 indices and sparse values included, parameters excluded (they are resident in any case).
+Scratch: the eager kernels' workspace, one buffer a slot that every layer rebuilds its W_s / X_s into
+(resident between steps, not held for the backward).
 Ratios are against dense PyTorch measured in the same run: time < 1 is faster, memory < 1 is smaller.
 The time ratio of each row is against a dense block timed next to it (`dense ms`: just before the
 row, or just after a torch.compile row, whose compilation comes first), so the minutes-long drift of a
@@ -51,6 +53,9 @@ class Row:
     memory_ratio: float
     syncs: str = "0 / 0"
     """Host synchronisations in one step: at a refresh / between refreshes."""
+    scratch_mb: float = 0.0
+    """The eager kernels' workspace after the steps (resident scratch for rebuilt W_s / X_s, not held
+    for the backward)."""
 
 
 VARIANTS = {  # name: (transform options, period, naive top-k)
@@ -122,6 +127,12 @@ def host_syncs(model: nn.Module, x: torch.Tensor, y: torch.Tensor, period: int) 
     return " / ".join(map(str, counts if period > 1 else counts * 2))
 
 
+def scratch_bytes(model: nn.Module) -> int:
+    """What the eager kernels' workspace holds (0 for a model without one)."""
+    workspace = getattr(model, "swat_workspace", None)
+    return 0 if workspace is None else workspace.nbytes
+
+
 def _compiled_rows(name: str, net: nn.Module, sparsity: float, x: torch.Tensor, y: torch.Tensor,
                    dense_bytes: int, steps: int, warmup: int) -> list[Row]:
     """The default SWAT under `torch.compile(fullgraph=True)`: compiled during the warm-up steps (host
@@ -168,7 +179,7 @@ def run(quick: bool) -> list[Row]:
                     syncs = host_syncs(model, x, y, period)
                     held = saved_tensor_bytes(model, x)
                 rows.append(Row(name, variant, sparsity, seconds * 1e3, dense_time * 1e3, seconds / dense_time,
-                                held / 2**20, held / dense_bytes, syncs))
+                                held / 2**20, held / dense_bytes, syncs, scratch_bytes(model) / 2**20))
                 del model
                 gc.collect()  # a GraphModule and its graph reference each other: free it before the next
                 print(_format([rows[-1]], header=False), flush=True)
@@ -182,12 +193,13 @@ def _format(rows: list[Row], header: bool = True) -> str:
     lines = []
     if header:
         lines += ["| model | variant | sparsity | step ms | dense ms | time vs dense | saved MiB | memory vs dense | "
-                  "host syncs (refresh / between) |",
-                  "|---|---|---|---|---|---|---|---|---|"]
+                  "scratch MiB | host syncs (refresh / between) |",
+                  "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         sparsity = "-" if r.sparsity is None else f"{r.sparsity:.1f}"
         lines.append(f"| {r.model} | {r.variant} | {sparsity} | {r.step_ms:.0f} | {r.dense_ms:.0f} | "
-                     f"{r.time_ratio:.2f}× | {r.saved_mb:.1f} | {r.memory_ratio:.2f}× | {r.syncs} |")
+                     f"{r.time_ratio:.2f}× | {r.saved_mb:.1f} | {r.memory_ratio:.2f}× | {r.scratch_mb:.1f} | "
+                     f"{r.syncs} |")
     return "\n".join(lines)
 
 

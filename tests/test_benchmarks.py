@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import sys
@@ -19,8 +20,11 @@ def test_train_step_benchmark_quick_prints_every_row(tmp_path: Path) -> None:
         [sys.executable, str(ROOT / "benchmarks" / "train_step.py"), "--quick", "--json", str(out)],
         capture_output=True, text=True, timeout=600, check=True,
     )
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    from train_step import COMPILED, VARIANTS
+    # loaded by path: a `benchmarks` folder on sys.path would shadow installed packages (`kernels`)
+    spec = importlib.util.spec_from_file_location("swat_fx_benchmark_train_step", ROOT / "benchmarks" / "train_step.py")
+    train_step = sys.modules[spec.name] = importlib.util.module_from_spec(spec)  # dataclasses look it up
+    spec.loader.exec_module(train_step)
+    COMPILED, VARIANTS = train_step.COMPILED, train_step.VARIANTS
 
     rows = json.loads(out.read_text())
     for model in ("resnet18_cifar", "resnet50"):
@@ -29,6 +33,9 @@ def test_train_step_benchmark_quick_prints_every_row(tmp_path: Path) -> None:
             assert f"| {model} | {variant} |" in result.stdout
             assert any(r["model"] == model and r["variant"] == variant for r in rows)
     assert all(r["step_ms"] > 0 and r["saved_mb"] > 0 for r in rows)
+    eager_rebuilding = [r for r in rows if r["variant"].startswith("unstructured") and "compile" not in r["variant"]]
+    assert eager_rebuilding and all(r["scratch_mb"] > 0 for r in eager_rebuilding)
+    assert all(r["scratch_mb"] == 0 for r in rows if r["variant"] == "dense PyTorch")
 
 
 def test_kernels_benchmark_prints_every_kernel() -> None:
@@ -38,4 +45,11 @@ def test_kernels_benchmark_prints_every_kernel() -> None:
     )
     for what in ("exact k-th largest |v|, normal", "exact k-th largest |v|, relu, density 0.7",
                  "threshold and count", "compress", "decompress", "ReLU forward + backward"):
+        assert what in result.stdout
+
+
+def test_workspace_benchmark_prints_both_variants() -> None:
+    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "workspace.py"), "--quick"],
+                            capture_output=True, text=True, timeout=300, check=True)
+    for what in ("dense PyTorch", "SWAT, workspace", "SWAT, no workspace", "scratch held"):
         assert what in result.stdout
