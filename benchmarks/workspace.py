@@ -13,14 +13,14 @@ twice a step) dominate the rebuilds.
 from __future__ import annotations
 
 import argparse
+import functools
 import statistics
 import sys
-import time
 from collections.abc import Callable
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
+import train_step  # this folder's train-step benchmark: its timed SGD step
 
 import swat_fx
 from swat_fx import models
@@ -28,16 +28,7 @@ from swat_fx import models
 
 def _stepper(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> Callable[[], float]:
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
-
-    def step() -> float:
-        start = time.perf_counter()
-        loss = F.cross_entropy(model(x), y)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        return time.perf_counter() - start
-
-    return step
+    return functools.partial(train_step._step, model, optimizer, x, y)
 
 
 def compare(name: str, shape: tuple[int, ...], sparsity: float, period: int, rounds: int) -> list[str]:
