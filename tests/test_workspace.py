@@ -62,6 +62,51 @@ def test_the_workspace_holds_the_largest_weight_and_input_and_does_not_grow(kern
     assert model.swat_workspace.nbytes == 0
 
 
+def test_every_layer_rebuilds_into_the_one_buffer_of_its_slot(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Once grown, the products read the workspace's memory, not tensors of their own."""
+    _, model = _model()
+    x = torch.randn(4, 3, 6, 6, dtype=torch.float64, requires_grad=True)  # dX and dW in one call each
+    read: dict[str, list[int]] = {"weight": [], "input": []}
+    convolution, backward = torch.convolution, torch.ops.aten.convolution_backward
+
+    def recording_convolution(x: torch.Tensor, w: torch.Tensor, *args: object) -> torch.Tensor:
+        read["weight"].append(w.data_ptr())
+        return convolution(x, w, *args)
+
+    def recording_backward(g: torch.Tensor, x: torch.Tensor, w: torch.Tensor, *args: object) -> tuple:
+        read["input"].append(x.data_ptr())
+        read["weight"].append(w.data_ptr())
+        return backward(g, x, w, *args)
+
+    model(x).sum().backward()  # the first step grows each buffer to its largest operand
+    monkeypatch.setattr(torch, "convolution", recording_convolution)
+    monkeypatch.setattr(torch.ops.aten, "convolution_backward", recording_backward)
+    model(x).sum().backward()
+    workspace, cpu = model.swat_workspace, torch.device("cpu")
+    weight_buffer = workspace.buffer(Slot.WEIGHT, torch.Size([1]), torch.float64, cpu).data_ptr()
+    input_buffer = workspace.buffer(Slot.INPUT, torch.Size([1]), torch.float64, cpu).data_ptr()
+    assert read["weight"] == [weight_buffer] * 4  # conv1, conv2 forward; conv2, conv1 backward
+    assert read["input"] == [input_buffer] * 2
+    assert weight_buffer != input_buffer
+
+
+def test_nothing_is_taken_where_nothing_is_rebuilt_into_it() -> None:
+    """Without the compiled kernels (float16 has none) the operands are new tensors, and the
+    workspace stays empty rather than holding buffers nobody writes."""
+    torch.manual_seed(0)
+    model = swat_fx.transform(TwoConvs().half(), SPARSITY, sparsify_first=True)
+    model(torch.randn(4, 3, 6, 6, dtype=torch.float16)).float().sum().backward()
+    assert model.swat_workspace.nbytes == 0
+
+
+def test_moving_the_model_releases_the_buffers() -> None:
+    _, model = _model()
+    model(torch.randn(2, 3, 6, 6, dtype=torch.float64)).sum().backward()
+    assert model.swat_workspace.nbytes > 0
+    model.float()
+    assert model.swat_workspace.nbytes == 0
+
+
 def _reference_grads(net: nn.Module, x: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
     """Independent SWAT gradients of the two-conv model: masks from `tests.reference`, products from
     `torch.nn.grad`, chained by hand."""

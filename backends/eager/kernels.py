@@ -21,9 +21,9 @@ from swat_fx import selection
 from swat_fx.backends.eager.formats import Kernel
 from swat_fx.backends.eager.operands import (
     UNITS,
-    KeptFilters,
-    KeptUnits,
+    CompressedTensor,
     Operand,
+    ThresholdedParameter,
     flatten_operand,
     pack_bits,
     to_dense,
@@ -116,10 +116,11 @@ def _dense_where_none(x: torch.Tensor, weight: torch.Tensor, weight_fwd: Operand
 
 
 def _product_operand(operand: Operand, workspace: Workspace | None, slot: Slot) -> torch.Tensor:
-    """The dense tensor a product reads. A W_s or X_s rebuilt for this product alone goes into the
-    workspace's buffer for `slot`; with grad mode on (a double backward) autograd may keep it, so it
-    gets a tensor of its own."""
-    if workspace is None or isinstance(operand, torch.Tensor | KeptUnits | KeptFilters) or torch.is_grad_enabled():
+    """The dense tensor a product reads. A W_s or X_s that the compiled CPU kernels rebuild for this
+    product alone goes into the workspace's buffer for `slot` (nothing is taken from it otherwise); with
+    grad mode on (a double backward) autograd may keep it, so it gets a tensor of its own."""
+    rebuilt_in_place = isinstance(operand, ThresholdedParameter | CompressedTensor) and operand.writes_into_out
+    if workspace is None or not rebuilt_in_place or torch.is_grad_enabled():
         return to_dense(operand)
     return operand.to_dense(out=workspace.buffer(slot, operand.shape, operand.dtype, operand.device))
 

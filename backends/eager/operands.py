@@ -112,9 +112,14 @@ class CompressedTensor:
     def device(self) -> torch.device:
         return self.values.device
 
+    @property
+    def writes_into_out(self) -> bool:
+        """Whether `to_dense(out=...)` fills `out` (the compiled CPU kernel runs) rather than a new tensor."""
+        return selection.compiled_for(self.values) is not None
+
     def to_dense(self, out: torch.Tensor | None = None) -> torch.Tensor:
         """The zero-filled tensor, written into `out` (contiguous, of this shape and dtype) where one is
-        given and the compiled kernel runs."""
+        given and `writes_into_out`."""
         kernels = selection.compiled_for(self.values)
         if kernels is None:
             keep = unpack_bits(self.bitmap, self.shape).to(self.values.device)
@@ -154,13 +159,22 @@ class ThresholdedParameter:
     def device(self) -> torch.device:
         return self.base.device
 
+    @property
+    def _one_threshold(self) -> bool:
+        return self.keep is None and not self.layout.score_dims and self.threshold.numel() == 1
+
+    @property
+    def writes_into_out(self) -> bool:
+        """Whether `to_dense(out=...)` fills `out` (the fused CPU pass runs) rather than a new tensor."""
+        return self._one_threshold and selection.compiled_for(self.base) is not None
+
     def to_dense(self, out: torch.Tensor | None = None) -> torch.Tensor:
         """The zero-filled tensor, written into `out` (contiguous, of this shape and dtype) where one is
-        given and the fused CPU pass runs."""
+        given and `writes_into_out`."""
         values = self.base.detach()
         if self.keep is not None:
             return apply_mask(values, self.keep)
-        if not self.layout.score_dims and self.threshold.numel() == 1:
+        if self._one_threshold:
             if selection.compiled_for(values):
                 dense, kept = selection.threshold_and_count(values, self.threshold, out)
             else:

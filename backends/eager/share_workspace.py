@@ -14,6 +14,7 @@ from swat_fx.backends.eager import kernels
 from swat_fx.backends.eager.conditions import KERNELS_CHOSEN
 from swat_fx.backends.eager.formats import Kernel
 from swat_fx.backends.eager.workspace import Workspace
+from swat_fx.contract import checkpoint_regions
 from swat_fx.passes import Condition, SwatPass
 
 WORKSPACE = "swat_workspace"
@@ -21,17 +22,23 @@ WORKSPACE = "swat_workspace"
 _REBUILDING = (Kernel.MASKED, Kernel.COMPRESSED)
 
 
-def _rebuilding_kernel_nodes(gm: fx.GraphModule) -> list[fx.Node]:
-    return [node for node in gm.graph.nodes if node.op == "call_function"
+def _rebuilding_kernel_nodes(graph: fx.Graph) -> list[fx.Node]:
+    return [node for node in graph.nodes if node.op == "call_function"
             and node.target in (kernels.conv, kernels.linear) and node.kwargs.get("kernel") in _REBUILDING]
 
 
 def _workspace_shared(gm: fx.GraphModule) -> str | None:
-    for node in _rebuilding_kernel_nodes(gm):
-        source = node.kwargs.get("workspace")
-        if not (isinstance(source, fx.Node) and source.op == "get_attr"
-                and isinstance(getattr(gm, source.target, None), Workspace)):
-            return f"node {node.name!r} runs the {node.kwargs['kernel'].value} kernel without the model's workspace"
+    """Every rebuilding kernel of the model's graph reads the one `Workspace` get_attr; those of
+    checkpoint regions (outlined afterwards) read it as a region input."""
+    sources = {node.kwargs.get("workspace") for node in _rebuilding_kernel_nodes(gm.graph)}
+    for source in sources:
+        if not (isinstance(source, fx.Node) and source.op == "get_attr" and source.target == WORKSPACE
+                and isinstance(getattr(gm, WORKSPACE, None), Workspace)):
+            return f"a {_REBUILDING[0].value} or {_REBUILDING[1].value} kernel does not read {WORKSPACE!r}: {source!r}"
+    for region in checkpoint_regions(gm):
+        for node in _rebuilding_kernel_nodes(region.graph):
+            if not isinstance(node.kwargs.get("workspace"), fx.Node):
+                return f"node {node.name!r} of a checkpoint region runs without the model's workspace"
     return None
 
 
@@ -45,7 +52,7 @@ class ShareWorkspace(SwatPass):
     ensures = (KERNELS_CHOSEN, WORKSPACE_SHARED)
 
     def call(self, gm: fx.GraphModule) -> fx.GraphModule:
-        nodes = _rebuilding_kernel_nodes(gm)
+        nodes = _rebuilding_kernel_nodes(gm.graph)
         if not nodes:
             return gm
         gm.add_submodule(WORKSPACE, Workspace())

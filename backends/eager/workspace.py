@@ -4,7 +4,9 @@ The masked kernels hold W or X and a threshold, and rebuild the sparse operand i
 the product that reads it; nothing else reads it afterwards. Rebuilding into a fresh tensor for every
 layer costs an allocation and a first write to cold memory each time; one buffer a slot, reused by
 every layer of the model, stays in cache between the rebuild and the product. CPU kernels run
-synchronously, so a product is done with its buffer before the next rebuild starts.
+synchronously, so a product is done with its buffer before the next rebuild starts. Only the compiled
+CPU kernels rebuild into it (`ThresholdedParameter.writes_into_out`); elsewhere (CUDA, other dtypes)
+the kernels take nothing from it.
 """
 
 from __future__ import annotations
@@ -28,8 +30,9 @@ class Slot(enum.Enum):
 class Workspace(nn.Module):
     """One buffer a (slot, dtype, device) for each thread, grown to the largest operand it has held.
 
-    It owns no parameter or buffer (nothing in `state_dict()`); a copy or an unpickled model starts
-    empty. `nbytes` says what it holds now, `clear()` gives it back.
+    It owns no parameter or buffer (nothing in `state_dict()`); a copy, an unpickled model and a model
+    moved with `.to()` start empty. `nbytes` says what the calling thread's buffers hold, `clear()`
+    gives back every thread's.
     """
 
     def __init__(self) -> None:
@@ -59,8 +62,13 @@ class Workspace(nn.Module):
         return sum(b.numel() * b.element_size() for b in self._buffers_here().values())
 
     def clear(self) -> None:
-        """Release this thread's buffers (the next rebuild allocates again)."""
-        self._buffers_here().clear()
+        """Release the buffers of every thread (the next rebuild allocates again)."""
+        self._local = threading.local()
+
+    def _apply(self, fn: Any, recurse: bool = True) -> Workspace:
+        """`.to()`, `.double()`, `.cuda()`, ...: buffers of the old dtype or device are of no more use."""
+        self.clear()
+        return super()._apply(fn, recurse)
 
     def extra_repr(self) -> str:
         return f"scratch for rebuilt W_s / X_s, {self.nbytes / 2**20:.1f} MiB held"
@@ -71,7 +79,7 @@ class Workspace(nn.Module):
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)
+        super().__setstate__(state)
         self._local = threading.local()
 
     def __deepcopy__(self, memo: dict[int, Any]) -> Workspace:
