@@ -1,26 +1,30 @@
 """Train-step time and memory held for the backward pass: swat_fx against dense PyTorch, same run.
 
-    python benchmarks/train_step.py            # the full table (under 10 minutes on 2 cores)
+    python benchmarks/train_step.py            # the full table (about 25 minutes on 2 cores)
     python benchmarks/train_step.py --quick    # every row, tiny sizes (about 2 minutes; torch.compile
                                                # rows for ResNet-18 only)
 
-Step time: SGD steps on random data (forward, backward, update), median after warm-up. With a
-Top-K period P the exact threshold is computed at one step in P, so the row reports the amortised
-step `(t_refresh + (P - 1) · t_reuse) / P` from the medians of both kinds of step.
+Step time: SGD steps on random data (forward, backward, update) after warm-up. With a Top-K period P
+the exact threshold is computed at one step in P, so a SWAT step is the amortised
+`(t_refresh + (P - 1) · t_reuse) / P`, from each round's step between refreshes and the median
+refresh step.
 Memory: the unique storages autograd holds at the end of the forward (`saved_tensors_hooks`), masks,
 indices and sparse values included, parameters excluded (they are resident in any case).
 Scratch: the eager kernels' workspace, one buffer a slot that every layer rebuilds its W_s / X_s into
 (resident between steps, not held for the backward).
 Ratios are against dense PyTorch measured in the same run: time < 1 is faster, memory < 1 is smaller.
-The time ratio of each row is against a dense block timed next to it (`dense ms`: just before the
-row, or just after a torch.compile row, whose compilation comes first), so the minutes-long drift of a
-shared machine cancels out of the ratio.
+The time ratio of each row is the median of per-round ratios: each round times one dense step and
+then one SWAT step (and, for P > 1, every other round a refresh step), so the drift of a shared
+machine, which moves step times by tens of percent within minutes, hits both sides of each ratio
+alike. `step ms` and `dense ms` are the medians of the row's own rounds. The dense row pairs a copy
+of the dense model with itself: how far its ratio is from 1 is the noise the pairing leaves.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import gc
 import json
 import statistics
@@ -47,7 +51,7 @@ class Row:
     sparsity: float | None
     step_ms: float
     dense_ms: float
-    """The dense step timed just before this row, which `time_ratio` divides by."""
+    """The median dense step of this row's rounds (see `time_ratio`)."""
     time_ratio: float
     saved_mb: float
     memory_ratio: float
@@ -95,23 +99,39 @@ def _step(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, y
     return time.perf_counter() - start
 
 
-def step_time(model: nn.Module, x: torch.Tensor, y: torch.Tensor, period: int, steps: int, warmup: int,
-              sites: nn.Module | None = None) -> float:
-    """Amortised seconds per training step (see the module docstring); `sites`: the module holding the
-    Top-K sites, when `model` wraps it (torch.compile)."""
+@dataclass
+class Timing:
+    step_s: float
+    """The median amortised SWAT step."""
+    dense_s: float
+    """The median dense step of the same rounds."""
+    ratio: float
+    """The median of the per-round ratios SWAT / dense."""
+
+
+def paired_step_times(model: nn.Module, dense: nn.Module, x: torch.Tensor, y: torch.Tensor, period: int,
+                      rounds: int, warmup: int, sites: nn.Module | None = None) -> Timing:
+    """SWAT steps (amortised over `period`, see the module docstring) against dense steps, one of each
+    a round; `sites`: the module holding the Top-K sites, when `model` wraps it (torch.compile)."""
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+    dense_optimizer = torch.optim.SGD(dense.parameters(), lr=1e-3, momentum=0.9)
     for _ in range(warmup):
+        _step(dense, dense_optimizer, x, y)
         _step(model, optimizer, x, y)
-    times = [_step(model, optimizer, x, y) for _ in range(steps)]
-    if period == 1:
-        return statistics.median(times)
-    sites = [site for _, site in swat_fx.contract.site_modules(model if sites is None else sites)]
-    refresh = []
-    for _ in range(max(1, steps // 2)):
-        for site in sites:  # make the next step a refresh step
-            site.reset()
-        refresh.append(_step(model, optimizer, x, y))
-    return (statistics.median(refresh) + (period - 1) * statistics.median(times)) / period
+    site_list = [site for _, site in swat_fx.contract.site_modules(model if sites is None else sites)]
+    dense_times, swat_times, refresh_times = [], [], []
+    for round_index in range(rounds):
+        dense_times.append(_step(dense, dense_optimizer, x, y))
+        swat_times.append(_step(model, optimizer, x, y))  # at P = 1 every step refreshes
+        if period > 1 and round_index % 2 == 0:
+            for site in site_list:  # make the next step a refresh step
+                site.reset()
+            refresh_times.append(_step(model, optimizer, x, y))
+    if period > 1:
+        refresh = statistics.median(refresh_times)
+        swat_times = [(refresh + (period - 1) * reuse) / period for reuse in swat_times]
+    ratio = statistics.median(t / d for t, d in zip(swat_times, dense_times, strict=True))
+    return Timing(statistics.median(swat_times), statistics.median(dense_times), ratio)
 
 
 def host_syncs(model: nn.Module, x: torch.Tensor, y: torch.Tensor, period: int) -> str:
@@ -142,10 +162,9 @@ def _compiled_rows(name: str, net: nn.Module, sparsity: float, x: torch.Tensor, 
         torch._dynamo.reset()
         model = swat_fx.transform(net, sparsity, period=period)
         compiled = torch.compile(model, fullgraph=True)
-        seconds = step_time(compiled, x, y, period, steps, warmup=2, sites=model)
-        dense_seconds = step_time(net, x, y, 1, steps, warmup)  # after: compiling first warms nothing of it
+        timing = paired_step_times(compiled, net, x, y, period, steps, warmup=2, sites=model)  # compiles
         held = saved_tensor_bytes(compiled, x)
-        rows.append(Row(name, variant, sparsity, seconds * 1e3, dense_seconds * 1e3, seconds / dense_seconds,
+        rows.append(Row(name, variant, sparsity, timing.step_s * 1e3, timing.dense_s * 1e3, timing.ratio,
                         held / 2**20, held / dense_bytes, "- / -"))
         del model, compiled
         gc.collect()
@@ -165,20 +184,20 @@ def run(quick: bool) -> list[Row]:
     for name, (shape, sparsities, steps, warmup) in setups.items():
         net = models.build(name, num_classes=10)
         x, y = torch.randn(shape), torch.randint(0, 10, (shape[0],))
-        dense_time = step_time(net, x, y, 1, steps, warmup)
+        # a copy of the dense model against itself: the ratio shows how far the pairing leaves noise
+        timing = paired_step_times(copy.deepcopy(net), net, x, y, 1, steps, warmup)
         dense_bytes = saved_tensor_bytes(net, x)
-        rows.append(Row(name, "dense PyTorch", None, dense_time * 1e3, dense_time * 1e3, 1.0, dense_bytes / 2**20,
-                        1.0))
+        rows.append(Row(name, "dense PyTorch", None, timing.step_s * 1e3, timing.dense_s * 1e3, timing.ratio,
+                        dense_bytes / 2**20, 1.0))
         print(_format([rows[-1]], header=len(rows) == 1), flush=True)
         for sparsity in sparsities:
             for variant, (options, period, naive) in VARIANTS.items():
                 model = swat_fx.transform(net, sparsity, period=period, **options)
-                dense_time = step_time(net, x, y, 1, steps, warmup)
                 with _topk_implementation(naive):
-                    seconds = step_time(model, x, y, period, steps, warmup)
+                    timing = paired_step_times(model, net, x, y, period, steps, warmup)
                     syncs = host_syncs(model, x, y, period)
                     held = saved_tensor_bytes(model, x)
-                rows.append(Row(name, variant, sparsity, seconds * 1e3, dense_time * 1e3, seconds / dense_time,
+                rows.append(Row(name, variant, sparsity, timing.step_s * 1e3, timing.dense_s * 1e3, timing.ratio,
                                 held / 2**20, held / dense_bytes, syncs, scratch_bytes(model) / 2**20))
                 del model
                 gc.collect()  # a GraphModule and its graph reference each other: free it before the next

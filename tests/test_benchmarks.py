@@ -32,7 +32,7 @@ def test_train_step_benchmark_quick_prints_every_row(tmp_path: Path) -> None:
         for variant in [*VARIANTS, *(COMPILED if model == "resnet18_cifar" else ())]:  # quick: compiled R18
             assert f"| {model} | {variant} |" in result.stdout
             assert any(r["model"] == model and r["variant"] == variant for r in rows)
-    assert all(r["step_ms"] > 0 and r["saved_mb"] > 0 for r in rows)
+    assert all(r["step_ms"] > 0 and r["dense_ms"] > 0 and r["time_ratio"] > 0 and r["saved_mb"] > 0 for r in rows)
     eager_rebuilding = [r for r in rows if r["variant"].startswith("unstructured") and "compile" not in r["variant"]]
     assert eager_rebuilding and all(r["scratch_mb"] > 0 for r in eager_rebuilding)
     assert all(r["scratch_mb"] == 0 for r in rows if r["variant"] == "dense PyTorch")
