@@ -6,7 +6,8 @@
 Each row is the median of `--repeats` calls on the same data, in milliseconds, measured in this run; the
 ratio is torch's time over the kernel's. `normal` data are N(0, 1); `relu` data are their positive part
 (half the entries are zeros, as a ReLU's output), at the density that gives a threshold above zero
-(0.3) and at one that gives a threshold of zero (0.7).
+(0.3) and at one that gives a threshold of zero (0.7). The BatchNorm row runs on a tensor whose other
+channels are zeros, as a compact conv leaves them.
 """
 
 from __future__ import annotations
@@ -22,8 +23,9 @@ import numpy as np
 import torch
 
 from swat_fx import selection
+from swat_fx.backends.eager.kernels import batch_norm
 from swat_fx.backends.eager.kernels import relu as bitmask_relu
-from swat_fx.backends.eager.operands import CompressedTensor
+from swat_fx.backends.eager.operands import CompressedTensor, KeptFilters
 from swat_fx.masks import keep_count
 
 
@@ -73,7 +75,21 @@ def rows(shape: tuple[int, ...], repeats: int) -> list[tuple[str, float, float]]
     out.append(("ReLU forward + backward, 1 bit an entry held",
                 _median_ms(lambda: bitmask_relu(x).backward(grad), repeats),
                 _median_ms(lambda: torch.relu(plain).backward(grad), repeats)))
+    out.append(_batch_norm_row(shape, repeats))
     return out
+
+
+def _batch_norm_row(shape: tuple[int, ...], repeats: int) -> tuple[str, float, float]:
+    """BatchNorm forward (training mode) of a compact conv's output keeping one channel in ten."""
+    channels = shape[1]
+    kept = torch.arange(0, channels, 10)
+    y = torch.zeros(shape)
+    y[:, kept] = torch.randn(shape[0], len(kept), *shape[2:])
+    bn, plain = torch.nn.BatchNorm2d(channels), torch.nn.BatchNorm2d(channels)
+    operand = KeptFilters(torch.zeros(channels, 1, 1, 1), kept)
+    assert torch.equal(batch_norm(y, bn, operand), plain(y))
+    return ("BatchNorm forward, 1 channel in 10 kept",
+            _median_ms(lambda: batch_norm(y, bn, operand), repeats), _median_ms(lambda: plain(y), repeats))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -44,12 +44,13 @@ def test_kernels_benchmark_prints_every_kernel() -> None:
         capture_output=True, text=True, timeout=300, check=True,
     )
     for what in ("exact k-th largest |v|, normal", "exact k-th largest |v|, relu, density 0.7",
-                 "threshold and count", "compress", "decompress", "ReLU forward + backward"):
+                 "threshold and count", "compress", "decompress", "ReLU forward + backward", "BatchNorm forward"):
         assert what in result.stdout
 
 
-def test_workspace_benchmark_prints_both_variants() -> None:
-    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "workspace.py"), "--quick"],
+def test_ablations_benchmark_prints_every_variant() -> None:
+    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "ablations.py"), "--quick"],
                             capture_output=True, text=True, timeout=300, check=True)
-    for what in ("dense PyTorch", "SWAT, workspace", "SWAT, no workspace", "scratch held"):
+    for what in ("dense PyTorch", "SWAT, workspace", "SWAT, no workspace", "scratch held", "SWAT, batch_norm",
+                 "SWAT, no batch_norm"):
         assert what in result.stdout

@@ -264,3 +264,15 @@ def test_bitmask_relu_backward_is_differentiable() -> None:
         (grad_upstream,) = torch.autograd.grad((grad_x * x).sum(), upstream)
         results.append((grad_x.detach(), grad_upstream))
     assert torch.equal(results[0][0], results[1][0]) and torch.equal(results[0][1], results[1][1])
+
+
+def test_compact_linear_keeping_no_feature_gives_a_zero_weight_gradient() -> None:
+    """Between refreshes a stored threshold may keep no input feature at all (seen in training)."""
+    torch.manual_seed(0)
+    x, w = torch.randn(3, 4, 6, requires_grad=True), torch.randn(5, 6, requires_grad=True)
+    none_kept = KeptUnits.select(x, torch.zeros(1, 1, 6, dtype=torch.bool), -1)
+    y = kernels.linear_swat(x, w, None, input_bwd=none_kept)
+    g = torch.randn_like(y)
+    y.backward(g)
+    assert torch.equal(w.grad, torch.zeros_like(w))
+    torch.testing.assert_close(x.grad, g @ w.detach())

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
 
 from swat_fx import selection
@@ -22,6 +23,7 @@ from swat_fx.backends.eager.formats import Kernel
 from swat_fx.backends.eager.operands import (
     UNITS,
     CompressedTensor,
+    KeptFilters,
     Operand,
     ThresholdedParameter,
     flatten_operand,
@@ -265,7 +267,7 @@ class _SwatLinear(torch.autograd.Function):
             x = input_bwd.values if isinstance(input_bwd, UNITS) else _product_operand(
                 input_bwd, ctx.workspace, Slot.INPUT)
             x = x.to(grad.dtype)
-            dw = rows.t() @ x.reshape(-1, x.shape[-1])
+            dw = rows.t() @ x.reshape(rows.shape[0], x.shape[-1])  # no -1: a site may keep 0 features
             if isinstance(input_bwd, UNITS):
                 dw = grad.new_zeros(ctx.weight_shape).index_copy_(1, input_bwd.index, dw)
         db = rows.sum(0) if ctx.has_bias and ctx.needs_input_grad[2] else None
@@ -376,6 +378,75 @@ def max_pool2d(x: torch.Tensor, kernel_size: Any, stride: Any, padding: Any, dil
     if torch.compiler.is_compiling():
         return F.max_pool2d(x, kernel_size, stride, padding, dilation, ceil_mode)
     return _IndexMaxPool2d.apply(x, kernel_size, stride, padding, dilation, ceil_mode)
+
+
+PLAIN_BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+
+
+def _normalizes_kept_channels(y: torch.Tensor, bn: nn.Module, kept: Any) -> bool:
+    """Whether `batch_norm` may skip the dropped channels: a plain BatchNorm normalising with batch
+    statistics (training mode), called eagerly with no hooks of its own, on a conv output whose
+    dropped channels are the compact kernel's exact zeros, in the BatchNorm's dtype."""
+    return (isinstance(kept, KeptFilters) and type(bn) in PLAIN_BATCH_NORMS and bn.training
+            and not torch.compiler.is_compiling() and not bn._forward_hooks and not bn._forward_pre_hooks
+            and not torch.is_autocast_enabled(y.device.type)
+            and (bn.weight is None or bn.weight.dtype == y.dtype) and y.dim() >= 2)
+
+
+def _momentum(bn: nn.Module) -> float:
+    """`nn.BatchNorm`'s exponential average factor, counting the batch as its forward does."""
+    if not bn.track_running_stats or bn.num_batches_tracked is None:
+        return 0.0 if bn.momentum is None else bn.momentum
+    bn.num_batches_tracked.add_(1)
+    return 1.0 / float(bn.num_batches_tracked) if bn.momentum is None else bn.momentum
+
+
+def batch_norm(y: torch.Tensor, bn: nn.Module, kept: Operand | None = None) -> torch.Tensor:
+    """`bn(y)` for the output `y` of a compact conv whose forward kept the filters `kept`: in training
+    mode the statistics and the normalisation run on the kept channels only. A dropped channel is all
+    zeros, so its batch mean and variance are 0 and its output is one value a channel; those come
+    from the same torch kernel run on a [2, C] tensor of zeros, and the running statistics of every
+    channel are updated by torch's own kernel, so outputs, statistics and gradients are bit-identical
+    to `bn(y)`. Anything else (eval mode, hooks, torch.compile, autocast) calls `bn(y)`."""
+    if not _normalizes_kept_channels(y, bn, kept):
+        return bn(y)
+    factor = _momentum(bn)
+    running = (bn.running_mean, bn.running_var) if bn.track_running_stats else (None, None)
+    return _KeptChannelBatchNorm.apply(y, bn.weight, bn.bias, kept.index, *running, factor, bn.eps)
+
+
+def _select(t: torch.Tensor | None, index: torch.Tensor) -> torch.Tensor | None:
+    return None if t is None else t.index_select(0, index)
+
+
+class _KeptChannelBatchNorm(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, y: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None,
+                index: torch.Tensor, running_mean: torch.Tensor | None, running_var: torch.Tensor | None,
+                factor: float, eps: float) -> torch.Tensor:
+        kept_mean, kept_var = _select(running_mean, index), _select(running_var, index)
+        zeros = y.new_zeros([2, y.shape[1]] + [1] * (y.dim() - 2))
+        # every channel as a zero channel: its output value, mean and invstd, and its running update
+        zero_out, mean, invstd = torch.native_batch_norm(zeros, weight, bias, running_mean, running_var, True,
+                                                         factor, eps)
+        kept_out, kept_batch_mean, kept_invstd = torch.native_batch_norm(
+            y.index_select(1, index), _select(weight, index), _select(bias, index), kept_mean, kept_var, True,
+            factor, eps)
+        if running_mean is not None:
+            running_mean.index_copy_(0, index, kept_mean)
+            running_var.index_copy_(0, index, kept_var)
+        mean, invstd = mean.index_copy(0, index, kept_batch_mean), invstd.index_copy(0, index, kept_invstd)
+        ctx.save_for_backward(y, weight, mean, invstd)
+        ctx.eps = eps
+        return torch.empty_like(y).copy_(zero_out[:1].expand(y.shape)).index_copy_(1, index, kept_out)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        y, weight, mean, invstd = ctx.saved_tensors
+        # the call autograd makes for `bn(y)`: every channel, with the statistics the forward used
+        dy, dweight, dbias = torch.ops.aten.native_batch_norm_backward(
+            grad.contiguous(), y, weight, None, None, mean, invstd, True, ctx.eps, list(ctx.needs_input_grad[:3]))
+        return dy, dweight, dbias, None, None, None, None, None
 
 
 def _swat_kernel(kernel: Kernel) -> bool:

@@ -2,7 +2,8 @@
 
 It owns every eager storage choice: the kernel of each op and the formats its sites hand over
 (`ChooseKernels`), and bit-mask ReLUs and index-only max-pools in front of compressed activations
-(`StoreActivationsCompactly`), one scratch workspace for the operands the kernels rebuild
+(`StoreActivationsCompactly`), BatchNorms after compact convs on the kept channels only
+(`NormalizeKeptChannels`), one scratch workspace for the operands the kernels rebuild
 (`ShareWorkspace`), and it calls the user's `torch.utils.checkpoint` regions through
 checkpoint again (`OutlineCheckpointRegions`). The neutral
 graph the module was lowered from stays in `meta[SWAT_GRAPH_META]`, and every module it names stays
@@ -15,6 +16,7 @@ import torch.fx as fx
 
 from swat_fx.backends.eager.choose_kernels import ChooseKernels
 from swat_fx.backends.eager.formats import Kernel
+from swat_fx.backends.eager.normalize_kept_channels import NormalizeKeptChannels
 from swat_fx.backends.eager.outline_checkpoints import OutlineCheckpointRegions
 from swat_fx.backends.eager.share_workspace import ShareWorkspace
 from swat_fx.backends.eager.store_activations_compactly import StoreActivationsCompactly
@@ -32,6 +34,6 @@ def lower(swat_gm: fx.GraphModule, kernel: str | Kernel = Kernel.AUTO) -> fx.Gra
         raise ValueError("kernel='compact' computes on whole kept filters and channels: it needs "
                          f"granularity='filter', got {', '.join(sorted(map(repr, granularities)))}")
     swat_gm.meta[SWAT_GRAPH_META] = copy_graph(swat_gm.graph)
-    manager = PassManager([ChooseKernels(kernel), StoreActivationsCompactly(), ShareWorkspace(),
-                           OutlineCheckpointRegions()])
+    manager = PassManager([ChooseKernels(kernel), StoreActivationsCompactly(), NormalizeKeptChannels(),
+                           ShareWorkspace(), OutlineCheckpointRegions()])
     return manager(swat_gm)
