@@ -6,8 +6,9 @@
 
 Step time: SGD steps on random data (forward, backward, update) after warm-up. With a Top-K period P
 the exact threshold is computed at one step in P, so a SWAT step is the amortised
-`(t_refresh + (P - 1) · t_reuse) / P`, from each round's step between refreshes and the median
-refresh step.
+`(t_refresh + (P - 1) · t_reuse) / P`, from each round's step between refreshes and the refresh steps
+(timed in every other round, each against its round's dense step, the median taken). A torch.compile
+row's refresh steps run the graph compiled for the first step (no stored threshold yet).
 Memory: the unique storages autograd holds at the end of the forward (`saved_tensors_hooks`), masks,
 indices and sparse values included, parameters excluded (they are resident in any case).
 Scratch: the eager kernels' workspace, one buffer a slot that every layer rebuilds its W_s / X_s into
@@ -119,7 +120,7 @@ def paired_step_times(model: nn.Module, dense: nn.Module, x: torch.Tensor, y: to
         _step(dense, dense_optimizer, x, y)
         _step(model, optimizer, x, y)
     site_list = [site for _, site in swat_fx.contract.site_modules(model if sites is None else sites)]
-    dense_times, swat_times, refresh_times = [], [], []
+    dense_times, swat_times, refresh_times, refresh_ratios = [], [], [], []
     for round_index in range(rounds):
         dense_times.append(_step(dense, dense_optimizer, x, y))
         swat_times.append(_step(model, optimizer, x, y))  # at P = 1 every step refreshes
@@ -127,11 +128,13 @@ def paired_step_times(model: nn.Module, dense: nn.Module, x: torch.Tensor, y: to
             for site in site_list:  # make the next step a refresh step
                 site.reset()
             refresh_times.append(_step(model, optimizer, x, y))
+            refresh_ratios.append(refresh_times[-1] / dense_times[-1])
+    ratios = [t / d for t, d in zip(swat_times, dense_times, strict=True)]
+    step = statistics.median(swat_times)
     if period > 1:
-        refresh = statistics.median(refresh_times)
-        swat_times = [(refresh + (period - 1) * reuse) / period for reuse in swat_times]
-    ratio = statistics.median(t / d for t, d in zip(swat_times, dense_times, strict=True))
-    return Timing(statistics.median(swat_times), statistics.median(dense_times), ratio)
+        ratios = [(statistics.median(refresh_ratios) + (period - 1) * r) / period for r in ratios]
+        step = (statistics.median(refresh_times) + (period - 1) * step) / period
+    return Timing(step, statistics.median(dense_times), statistics.median(ratios))
 
 
 def host_syncs(model: nn.Module, x: torch.Tensor, y: torch.Tensor, period: int) -> str:

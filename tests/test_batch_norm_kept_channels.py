@@ -62,6 +62,19 @@ def _plain_batch_norms(model: nn.Module) -> nn.Module:
     return plain
 
 
+def _kept_channel_batch_norms(out: torch.Tensor) -> int:
+    """How many kept-channel BatchNorms the autograd graph of `out` went through."""
+    seen, stack, count = set(), [out.grad_fn], 0
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        count += type(node).__name__ == "_KeptChannelBatchNormBackward"
+        stack.extend(next_node for next_node, _ in node.next_functions)
+    return count
+
+
 def _state(model: nn.Module) -> dict[str, torch.Tensor]:
     return {name: t.detach().clone() for name, t in model.state_dict().items()}
 
@@ -82,6 +95,7 @@ def test_bit_identical_to_the_module_over_training_steps(dtype: torch.dtype, mom
         for model, optimizer in zip((fast, plain), optimizers, strict=True):
             optimizer.zero_grad()
             out = model(x)
+            assert _kept_channel_batch_norms(out) == (3 if model is fast else 0)
             out.square().sum().backward()
             outputs.append((out.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}))
             optimizer.step()
@@ -130,6 +144,7 @@ def test_kernel_equals_the_module_for_every_batch_norm_setting(options: dict) ->
     operand = KeptFilters(torch.zeros(6, 3, 1, 1), kept)
     for _ in range(2):  # momentum=None averages over the batches counted so far
         out, expected = kernels.batch_norm(y, bn, operand), plain(y)
+        assert type(out.grad_fn).__name__ == "_KeptChannelBatchNormBackward"
         assert torch.equal(out, expected)
         g = torch.randn_like(out)
         grads = torch.autograd.grad(out, [y, *bn.parameters()], g)
@@ -152,20 +167,32 @@ def test_double_backward_equals_the_modules() -> None:
         y = data.clone().requires_grad_()
         (dy,) = torch.autograd.grad(call(y), y, g, create_graph=True)
         second.append(torch.autograd.grad(dy.square().sum(), [y, module.weight]))
-    for ours, theirs in zip(*second, strict=True):
+    for ours, theirs in zip(*second, strict=True):  # autograd's double-backward formula: equal up to rounding
         torch.testing.assert_close(ours, theirs, rtol=1e-10, atol=1e-12)
 
 
 def test_other_cases_call_the_module() -> None:
-    """Eval mode, a module with hooks and an operand that is not kept filters run `bn(y)` itself."""
+    """Eval mode, a module with forward or backward hooks, a global module hook and an operand that is
+    not kept filters run `bn(y)` itself; bad inputs get the module's own errors."""
     kept = torch.tensor([1, 3])
     operand = KeptFilters(torch.zeros(4, 2, 1, 1), kept)
     y = _zero_channel_output(4, kept)
     calls = []
     bn = nn.BatchNorm2d(4).double()
-    bn.register_forward_hook(lambda module, args, out: calls.append("hook"))
-    kernels.batch_norm(y, bn, operand)
-    assert calls == ["hook"]
+    bn.register_forward_hook(lambda module, args, out: calls.append("forward"))
+    bn.register_full_backward_hook(lambda module, grad_in, grad_out: calls.append("backward"))
+    kernels.batch_norm(y, bn, operand).sum().backward()
+    assert calls == ["forward", "backward"]
+    handle = nn.modules.module.register_module_forward_hook(lambda module, args, out: calls.append("global"))
+    try:
+        out = kernels.batch_norm(y, nn.BatchNorm2d(4).double(), operand)
+    finally:
+        handle.remove()
+    assert calls[-1] == "global" and type(out.grad_fn).__name__ != "_KeptChannelBatchNormBackward"
+    with pytest.raises(ValueError, match="more than 1 value per channel"):
+        kernels.batch_norm(torch.zeros(1, 4, 1, 1, dtype=torch.float64), nn.BatchNorm2d(4).double(), operand)
+    with pytest.raises(ValueError, match="4D"):
+        kernels.batch_norm(y.detach()[:, :, 0], nn.BatchNorm2d(4).double(), operand)
     bn = nn.BatchNorm2d(4).double().eval()
     assert torch.equal(kernels.batch_norm(y, bn, operand), bn(y))
     bn.train()
@@ -185,3 +212,25 @@ def test_the_pass_rewrites_only_batch_norms_after_bias_free_compact_convs() -> N
     assert "kernels_batch_norm(" not in masked
     saw = swat_fx.transform(ConvBnNet(), SPARSITY, granularity="filter", algorithm="saw").code
     assert "kernels_batch_norm(" not in saw  # SAW's forward is dense: no zero channels
+
+
+class InPlaceBeforeBatchNorm(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1, bias=False)
+        self.bn = nn.BatchNorm2d(8)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.conv(x)
+        y.add_(1.0)  # the dropped channels are no longer zeros
+        return self.bn(y)
+
+
+def test_an_in_place_op_between_conv_and_batch_norm_keeps_the_module() -> None:
+    torch.manual_seed(6)
+    net = InPlaceBeforeBatchNorm().double()
+    transformed = swat_fx.transform(net, SPARSITY, granularity="filter", sparsify_first=True)
+    assert "kernels_batch_norm(" not in transformed.code
+    reference = reference_model(net, "swat", 1 - SPARSITY, "filter")
+    x = torch.randn(4, 3, 6, 6, dtype=torch.float64)
+    torch.testing.assert_close(transformed(x), reference(x), rtol=1e-9, atol=1e-9)

@@ -276,3 +276,14 @@ def test_compact_linear_keeping_no_feature_gives_a_zero_weight_gradient() -> Non
     y.backward(g)
     assert torch.equal(w.grad, torch.zeros_like(w))
     torch.testing.assert_close(x.grad, g @ w.detach())
+
+
+def test_compact_conv_keeping_no_input_channel_gives_a_zero_weight_gradient() -> None:
+    torch.manual_seed(0)
+    x, w = torch.randn(2, 4, 5, 5, requires_grad=True), torch.randn(3, 4, 3, 3, requires_grad=True)
+    none_kept = KeptUnits.select(x, torch.zeros(1, 4, 1, 1, dtype=torch.bool), 1)
+    y = kernels.conv_swat(x, w, None, stride=(1, 1), padding=(1, 1), dilation=(1, 1), groups=1, input_bwd=none_kept)
+    g = torch.randn_like(y)
+    y.backward(g)
+    assert torch.equal(w.grad, torch.zeros_like(w))
+    torch.testing.assert_close(x.grad, torch.nn.grad.conv2d_input(x.shape, w.detach(), g, padding=1))

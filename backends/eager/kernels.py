@@ -17,6 +17,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.nn.modules import module as hooks
 
 from swat_fx import selection
 from swat_fx.backends.eager.formats import Kernel
@@ -383,14 +384,23 @@ def max_pool2d(x: torch.Tensor, kernel_size: Any, stride: Any, padding: Any, dil
 PLAIN_BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 
 
+def _hooked(bn: nn.Module) -> bool:
+    """Whether calling `bn` would run a hook (its own or a global one, forward or backward), the
+    condition under which `nn.Module.__call__` leaves its fast path."""
+    return bool(bn._forward_hooks or bn._forward_pre_hooks or bn._backward_hooks or bn._backward_pre_hooks
+                or hooks._global_forward_hooks or hooks._global_forward_pre_hooks or hooks._global_backward_hooks
+                or hooks._global_backward_pre_hooks)
+
+
 def _normalizes_kept_channels(y: torch.Tensor, bn: nn.Module, kept: Any) -> bool:
     """Whether `batch_norm` may skip the dropped channels: a plain BatchNorm normalising with batch
-    statistics (training mode), called eagerly with no hooks of its own, on a conv output whose
-    dropped channels are the compact kernel's exact zeros, in the BatchNorm's dtype."""
+    statistics (training mode) on CPU, called eagerly with no hook to run, on a conv output whose
+    dropped channels are the compact kernel's exact zeros, in the BatchNorm's dtype, with more than one
+    value a channel (else the module raises its own error)."""
     return (isinstance(kept, KeptFilters) and type(bn) in PLAIN_BATCH_NORMS and bn.training
-            and not torch.compiler.is_compiling() and not bn._forward_hooks and not bn._forward_pre_hooks
+            and y.device.type == "cpu" and not torch.compiler.is_compiling() and not _hooked(bn)
             and not torch.is_autocast_enabled(y.device.type)
-            and (bn.weight is None or bn.weight.dtype == y.dtype) and y.dim() >= 2)
+            and (bn.weight is None or bn.weight.dtype == y.dtype) and y.dim() >= 2 and y.numel() > y.shape[1])
 
 
 def _momentum(bn: nn.Module) -> float:
@@ -407,9 +417,10 @@ def batch_norm(y: torch.Tensor, bn: nn.Module, kept: Operand | None = None) -> t
     zeros, so its batch mean and variance are 0 and its output is one value a channel; those come
     from the same torch kernel run on a [2, C] tensor of zeros, and the running statistics of every
     channel are updated by torch's own kernel, so outputs, statistics and gradients are bit-identical
-    to `bn(y)`. Anything else (eval mode, hooks, torch.compile, autocast) calls `bn(y)`."""
+    to `bn(y)` on CPU. Anything else (eval mode, hooks, CUDA, torch.compile, autocast) calls `bn(y)`."""
     if not _normalizes_kept_channels(y, bn, kept):
         return bn(y)
+    bn._check_input_dim(y)  # the module's own check: a BatchNorm2d takes 4-D inputs only
     factor = _momentum(bn)
     running = (bn.running_mean, bn.running_var) if bn.track_running_stats else (None, None)
     return _KeptChannelBatchNorm.apply(y, bn.weight, bn.bias, kept.index, *running, factor, bn.eps)
@@ -445,7 +456,7 @@ class _KeptChannelBatchNorm(torch.autograd.Function):
         y, weight, mean, invstd = ctx.saved_tensors
         # the call autograd makes for `bn(y)`: every channel, with the statistics the forward used
         dy, dweight, dbias = torch.ops.aten.native_batch_norm_backward(
-            grad.contiguous(), y, weight, None, None, mean, invstd, True, ctx.eps, list(ctx.needs_input_grad[:3]))
+            grad, y, weight, None, None, mean, invstd, True, ctx.eps, list(ctx.needs_input_grad[:3]))
         return dy, dweight, dbias, None, None, None, None, None
 
 

@@ -7,7 +7,8 @@ module: the docstring there says how). At 90 % filter sparsity that is a tenth o
 forward.
 
 Every `call_module` to a plain `BatchNorm1d/2d/3d` whose input is the output of a `compact` conv
-without bias, whose forward takes the kept filters of a site, calls `kernels.batch_norm` instead,
+without bias, whose forward takes the kept filters of a site, and which is that output's only user
+(an in-place op on it could make its zero channels non-zero), calls `kernels.batch_norm` instead,
 with the module (a `get_attr`, so its mode, parameters and buffers are read at each call) and the
 site's kept filters. The module stays where it is: state_dict, the neutral graph and the other
 backends see the same BatchNorm.
@@ -41,8 +42,10 @@ def _fusable_batch_norms(gm: fx.GraphModule) -> list[tuple[fx.Node, fx.Node]]:
     for node in gm.graph.nodes:
         if node.op != "call_module" or type(gm.get_submodule(node.target)) not in kernels.PLAIN_BATCH_NORMS:
             continue
-        if len(node.args) == 1 and not node.kwargs and isinstance(node.args[0], fx.Node):
-            site = _kept_filters(node.args[0])
+        conv = node.args[0] if len(node.args) == 1 and not node.kwargs else None
+        # the BatchNorm alone reads the conv's output: no in-place op can change its zero channels first
+        if isinstance(conv, fx.Node) and len(conv.users) == 1:
+            site = _kept_filters(conv)
             if site is not None:
                 pairs.append((node, site))
     return pairs
