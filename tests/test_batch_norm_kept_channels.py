@@ -234,3 +234,39 @@ def test_an_in_place_op_between_conv_and_batch_norm_keeps_the_module() -> None:
     reference = reference_model(net, "swat", 1 - SPARSITY, "filter")
     x = torch.randn(4, 3, 6, 6, dtype=torch.float64)
     torch.testing.assert_close(transformed(x), reference(x), rtol=1e-9, atol=1e-9)
+
+
+class CheckpointedConvBn(nn.Module):
+    """A conv -> BatchNorm block inside `torch.utils.checkpoint` (recomputed in the backward)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = ConvBnNet()
+
+    def block(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu(self.net.bn2(self.net.conv2(F.relu(self.net.bn1(self.net.conv1(x))))))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.utils.checkpoint.checkpoint(self.block, x, use_reentrant=False).mean((2, 3))
+
+
+def test_checkpoint_regions_run_the_kept_channel_batch_norm_as_the_module() -> None:
+    """Inside an outlined checkpoint region the kernel gets the module as a region input; the recompute
+    updates running statistics a second time, exactly as the module does under checkpointing."""
+    torch.manual_seed(7)
+    net = CheckpointedConvBn().double()
+    _randomise_batch_norms(net)
+    fast = swat_fx.transform(net, SPARSITY, granularity="filter", sparsify_first=True, period=2)
+    plain = _plain_batch_norms(fast)
+    for step in range(3):
+        x = torch.randn(4, 3, 6, 6, dtype=torch.float64)
+        outs = [model(x) for model in (fast, plain)]
+        assert _kept_channel_batch_norms(outs[0]) == 2
+        for out in outs:
+            out.square().sum().backward()
+        assert torch.equal(outs[0], outs[1]), step
+        for (name, p), q in zip(fast.named_parameters(), plain.parameters(), strict=True):
+            if p.grad is not None or q.grad is not None:  # conv3, bn3 and fc are not used
+                assert torch.equal(p.grad, q.grad), (step, name)
+        assert all(torch.equal(a, b) for a, b in zip(fast.state_dict().values(), plain.state_dict().values(),
+                                                     strict=True)), step
