@@ -1,6 +1,6 @@
 """What two eager-lowering choices buy: SWAT steps with and without each, against dense, same run.
 
-    python benchmarks/ablations.py            # every setup, about 5 minutes on 2 cores
+    python benchmarks/ablations.py            # every setup, a few minutes on 2 cores
     python benchmarks/ablations.py --quick    # tiny sizes (run by the tests)
 
 - `workspace`: the kernels' scratch workspace, against the model's `swat_workspace` set to None
