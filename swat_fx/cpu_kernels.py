@@ -13,6 +13,8 @@ import numpy as np
 BINS = 1 << 16
 """One 16-bit digit."""
 _LANES = 4
+_BLOCK = 64
+"""Entries a bracketed pass counts before it looks for candidates among them."""
 
 
 @numba.njit(cache=True)
@@ -87,6 +89,81 @@ def pick_digits(histograms, ranks):
                 break
             above += count
     return digits, remaining
+
+
+@numba.njit(cache=True)
+def bracketed_kth(bits, rank, previous, widths, abs_mask, candidates):
+    """Per row of `bits`: the rank-th largest magnitude pattern where it lies within the row's bracket
+    (`previous` ± `widths`; a row whose `previous` is -1 has none), in one pass. Returns (patterns,
+    tried, found); a row is not found where fewer than `rank` entries lie above the bracket's low end
+    or `rank` or more above its high end, or where more than `candidates` can hold lie inside."""
+    rows = bits.shape[0]
+    patterns = np.zeros(rows, np.int64)
+    tried = previous >= 0
+    found = np.zeros(rows, np.bool_)
+    for row in range(rows):
+        if not tried[row]:
+            continue
+        low = max(previous[row] - widths[row], 1)
+        high = min(previous[row] + widths[row], abs_mask)
+        above, count = _bracket_candidates(bits[row], abs_mask, low, high, candidates)
+        inside = rank - above
+        if count < 0 or inside < 1 or inside > count:
+            continue
+        patterns[row] = np.partition(candidates[:count], count - inside)[count - inside]
+        found[row] = True
+    return patterns, tried, found
+
+
+@numba.njit(cache=True)
+def _bracket_candidates(bits, abs_mask, low, high, candidates):
+    """(how many magnitudes lie above `high`, how many in [low, high], copied into `candidates`; -1
+    where they do not fit). Blocks of 64 are counted branch-free, so the loop vectorises; only a block
+    holding a candidate is read again, and a narrow bracket leaves most blocks without one."""
+    n = bits.shape[0]
+    room = candidates.shape[0] - _BLOCK
+    above = 0
+    count = 0
+    body = n - n % _BLOCK
+    for start in range(0, body, _BLOCK):
+        over = np.int32(0)
+        at_least = np.int32(0)
+        for i in range(start, start + _BLOCK):
+            m = bits[i] & abs_mask
+            over += np.int32(m > high)
+            at_least += np.int32(m >= low)
+        above += over
+        if at_least != over:
+            if count > room:
+                return above, -1
+            for i in range(start, start + _BLOCK):
+                m = bits[i] & abs_mask
+                if m >= low and m <= high:
+                    candidates[count] = m
+                    count += 1
+    for i in range(body, n):
+        m = bits[i] & abs_mask
+        above += m > high
+        if m >= low and m <= high:
+            if count >= candidates.shape[0]:
+                return above, -1
+            candidates[count] = m
+            count += 1
+    return above, count
+
+
+@numba.njit(cache=True)
+def update_brackets(previous, widths, patterns, found, tried, narrowest, widest, inf_bits):
+    """After a selection: each row's next bracket is centred on its new threshold, 4x as wide as the
+    threshold just moved where that is wider than half the last width (or the last missed), else half
+    as wide (within [narrowest, widest]). A threshold of zero or beyond the finite ones gives no
+    bracket (-1): its row is selected by the radix passes."""
+    for row in range(patterns.shape[0]):
+        if tried[row]:
+            moved = 4 * abs(patterns[row] - previous[row])
+            width = widths[row] // 2 if found[row] else 0
+            widths[row] = min(max(width, moved, narrowest), widest)
+        previous[row] = patterns[row] if 0 < patterns[row] < inf_bits else -1
 
 
 @numba.njit(cache=True)

@@ -82,27 +82,29 @@ def keep_mask(s: torch.Tensor, tau: torch.Tensor) -> torch.Tensor:
     return ~(s < tau)
 
 
-def kth_largest_magnitude(groups: torch.Tensor, k: int, needed: torch.Tensor | None = None) -> torch.Tensor:
+def kth_largest_magnitude(groups: torch.Tensor, k: int, needed: torch.Tensor | None = None,
+                          bracket: selection.Bracket | None = None) -> torch.Tensor:
     """The k-th largest |v| of each row of [G, n] (NaN ranks as +inf), by selection, never a sort: a
     radix select at memory speed for large CPU rows (`selection`), `torch.kthvalue` otherwise.
     `needed` (under torch.compile, a bool tensor): whether the result is used; where it is not, a
-    compiled CPU step may return anything without selecting."""
+    compiled CPU step may return anything without selecting. `bracket`: the caller's last thresholds,
+    a hint that the radix select may use and updates (`selection.Bracket`)."""
     n = groups.shape[1]
     if n >= selection.MIN_SIZE and torch.compiler.is_compiling() and groups.device.type == "cpu":
         return selection.kth_largest_magnitude_op(groups.detach(), k, needed)
     if n >= selection.MIN_SIZE and selection.available(groups):
-        return selection.kth_largest_magnitude(groups, k)
+        return selection.kth_largest_magnitude(groups, k, bracket)
     magnitudes = torch.nan_to_num(groups.detach().abs(), nan=math.inf, posinf=math.inf)
     return magnitudes.kthvalue(n - k + 1, dim=1).values
 
 
 def group_thresholds(values: torch.Tensor, group_dims: tuple[int, ...], density: float,
-                     needed: torch.Tensor | None = None) -> torch.Tensor:
+                     needed: torch.Tensor | None = None, bracket: selection.Bracket | None = None) -> torch.Tensor:
     """The k-th largest magnitude of each group of `values` (a tensor, or its structured scores), with
-    group dims kept as 1 (NaN ranks as +inf); `needed` as `kth_largest_magnitude` takes it."""
+    group dims kept as 1 (NaN ranks as +inf); `needed` and `bracket` as `kth_largest_magnitude` takes them."""
     kept = [d for d in range(values.dim()) if d not in group_dims]
     groups = values.permute(*kept, *group_dims).reshape(math.prod([values.shape[d] for d in kept]), -1)
-    tau = kth_largest_magnitude(groups, keep_count(density, groups.shape[1]), needed)
+    tau = kth_largest_magnitude(groups, keep_count(density, groups.shape[1]), needed, bracket)
     return tau.reshape([1 if d in group_dims else values.shape[d] for d in range(values.dim())])
 
 

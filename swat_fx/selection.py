@@ -53,12 +53,78 @@ def available(t: torch.Tensor) -> bool:
     return t.device.type == "cpu" and t.dtype in _LAYOUT and kernels() is not None
 
 
-def kth_largest_magnitude(groups: torch.Tensor, k: int) -> torch.Tensor:
+_MANTISSA = {torch.float32: 23, torch.float64: 52}  # the dtypes a bracket serves: the others take one pass anyway
+
+
+class Bracket:
+    """Where a site's last exact thresholds lay, to find the next ones in one pass instead of two.
+
+    Between steps a threshold moves little, so the k-th largest usually lies within a small window of
+    bit patterns around the last one: one pass counts the entries above the window and copies those
+    inside it (a fraction of a percent), and the k-th largest is selected among the copies. Where it
+    is not inside, the radix passes run as without a bracket, and the window widens. A bracket is a
+    hint only: the threshold is exact whatever it holds. It starts empty (and is not saved): the first
+    selection runs the radix passes.
+    """
+
+    def __init__(self) -> None:
+        self.previous = np.empty(0, np.int64)  # per group: the last threshold's bit pattern, -1 for none
+        self.widths = np.empty(0, np.int64)  # per group: the window's half-width, in bit patterns
+        self.dtype: torch.dtype | None = None
+
+    def matches(self, rows: int, dtype: torch.dtype) -> bool:
+        """Whether it holds thresholds of `rows` groups of `dtype` (else it starts again, empty)."""
+        if self.dtype == dtype and self.previous.shape[0] == rows:
+            return True
+        self.previous = np.full(rows, -1, np.int64)
+        self.widths = np.full(rows, 1 << (_MANTISSA[dtype] - 8), np.int64)  # about ±0.4 %
+        self.dtype = dtype
+        return False
+
+    def update(self, compiled: Any, patterns: np.ndarray, found: np.ndarray, tried: np.ndarray) -> None:
+        mantissa = _MANTISSA[self.dtype]
+        compiled.update_brackets(self.previous, self.widths, patterns, found, tried, 1 << (mantissa - 10),
+                                 1 << (mantissa - 2), _LAYOUT[self.dtype][3])
+
+
+def kth_largest_magnitude(groups: torch.Tensor, k: int, bracket: Bracket | None = None) -> torch.Tensor:
     """The k-th largest |v| of each row of a [G, n] tensor (NaN as +inf), exactly; shape [G], `groups`'
-    dtype. Needs `available(groups)`."""
+    dtype. Needs `available(groups)`. `bracket` (float32/float64): where the last thresholds lay, used
+    and updated (one pass where they moved little)."""
     compiled = kernels()
     view, width, abs_mask, inf_bits = _LAYOUT[groups.dtype]
     bits = groups.detach().contiguous().view(view).numpy()
+    if bracket is None or groups.dtype not in _MANTISSA:
+        patterns = _radix_select(compiled, bits, k, width, abs_mask)
+    else:
+        patterns = _bracketed_select(compiled, bits, k, bracket, groups.dtype)
+    # NaN patterns lie above +inf's: a selection that reached one is +inf (NaN ranks as +inf)
+    integer = torch.from_numpy(np.minimum(patterns, inf_bits)).to(view)
+    return integer.view(groups.dtype)
+
+
+def _bracketed_select(compiled: Any, bits: np.ndarray, k: int, bracket: Bracket, dtype: torch.dtype) -> np.ndarray:
+    """The rows' k-th largest magnitude patterns: in one pass where the bracket holds them, by the radix
+    passes elsewhere; the bracket is updated."""
+    _, width, abs_mask, _ = _LAYOUT[dtype]
+    rows, n = bits.shape
+    if not bracket.matches(rows, dtype):
+        patterns = _radix_select(compiled, bits, k, width, abs_mask)
+        found = tried = np.zeros(rows, np.bool_)
+    else:
+        candidates = np.empty(max(n // 16, 1024), bits.dtype)  # a fuller bracket is a miss: radix is faster there
+        patterns, tried, found = compiled.bracketed_kth(bits, k, bracket.previous, bracket.widths,
+                                                        bits.dtype.type(abs_mask), candidates)
+        if not found.all():
+            missed = np.flatnonzero(~found)
+            rest = bits if missed.shape[0] == rows else bits[missed]
+            patterns[missed] = _radix_select(compiled, rest, k, width, abs_mask)
+    bracket.update(compiled, patterns, found, tried)
+    return patterns
+
+
+def _radix_select(compiled: Any, bits: np.ndarray, k: int, width: int, abs_mask: int) -> np.ndarray:
+    """The rows' k-th largest magnitude patterns, a 16-bit digit a pass."""
     rows = bits.shape[0]
     prefixes = np.zeros(rows, np.int64)
     ranks = np.full(rows, k, np.int64)
@@ -68,10 +134,8 @@ def kth_largest_magnitude(groups: torch.Tensor, k: int) -> torch.Tensor:
         digits, ranks = compiled.pick_digits(histograms, ranks)
         prefixes = (prefixes << _DIGIT) | digits
         if shift and not prefixes.any() and _ranks_reach_zero(compiled, bits, abs_mask, histograms, ranks):
-            return groups.new_zeros(rows)
-    # NaN patterns lie above +inf's: a selection that reached one is +inf (NaN ranks as +inf)
-    integer = torch.from_numpy(np.minimum(prefixes, inf_bits)).to(view)
-    return integer.view(groups.dtype)
+            return np.zeros(rows, np.int64)
+    return prefixes
 
 
 def _ranks_reach_zero(compiled: Any, bits: np.ndarray, abs_mask: int, histograms: np.ndarray,

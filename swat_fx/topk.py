@@ -97,6 +97,7 @@ class TopK(nn.Module):
         self._steps_stale = False  # compiled steps advanced `step` alone: read it once, back in eager mode
         self.register_buffer("threshold", torch.empty(0))
         self.register_buffer("density", torch.ones(()))
+        self._bracket = selection.Bracket()  # where the last thresholds lay: a hint for the next selection
 
     @property
     def target_density(self) -> float:
@@ -182,20 +183,20 @@ class TopK(nn.Module):
         s = scores(t, layout) if layout.score_dims else None  # unstructured: selected from t itself
         decided_on_device = isinstance(refresh, torch.Tensor)  # under torch.compile: both, then a select
         tau = group_thresholds(t if s is None else s, layout.group_dims, self.target_density,
-                               needed=refresh if decided_on_device else None)
+                               needed=refresh if decided_on_device else None, bracket=self._bracket)
         if decided_on_device:
             reused = self.threshold.view([1 if d in reduced else n for d, n in enumerate(t.shape)])
             tau = torch.where(refresh, tau, reused)
         if refresh is not None and store:
             stored = tau.mean(layout.batch_dims, keepdim=True) if layout.batch_dims else tau
-            stored = stored.detach().flatten().clone()
+            stored = stored.detach().flatten()
             if self.role != "weight":
-                stored = average_over_ranks(stored, self.sync_thresholds)
+                stored = average_over_ranks(stored.clone(), self.sync_thresholds)
             if decided_on_device:
                 stored = torch.where(refresh, stored, self.threshold)
             # an overflow must not silence the next steps: a group without a finite threshold keeps
             # everything until the next refresh (decided on the device, with no host read)
-            self.threshold = torch.where(torch.isfinite(stored), stored, torch.zeros_like(stored))
+            self.threshold = torch.nan_to_num(stored, nan=0.0, posinf=0.0, neginf=0.0)
         return tau, s
 
     def _sparsify_grad(self, grad: torch.Tensor, refresh: bool | None, store: bool) -> torch.Tensor:
@@ -266,4 +267,5 @@ class TopK(nn.Module):
         self._steps = 0
         self.threshold = self.threshold.new_empty(0)
         self.density.fill_(1.0)
+        self._bracket = selection.Bracket()
         self._generation = 0
