@@ -6,13 +6,15 @@
 Each row is the median of `--repeats` calls on the same data, in milliseconds, measured in this run; the
 ratio is torch's time over the kernel's. `normal` data are N(0, 1); `relu` data are their positive part
 (half the entries are zeros, as a ReLU's output), at the density that gives a threshold above zero
-(0.3) and at one that gives a threshold of zero (0.7). The BatchNorm row runs on a tensor whose other
+(0.3) and at one that gives a threshold of zero (0.7); "last threshold 0.2 % away" rows select with the
+bracket of the previous step's threshold (one pass). The BatchNorm row runs on a tensor whose other
 channels are zeros, as a compact conv leaves them.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import math
 import statistics
 import sys
@@ -44,6 +46,19 @@ def _torch_kth(groups: torch.Tensor, k: int) -> torch.Tensor:
     return magnitudes.kthvalue(groups.shape[1] - k + 1, dim=1).values
 
 
+def _bracketed_row(t: torch.Tensor, name: str, density: float, repeats: int) -> tuple[str, float, float]:
+    """The select given the last step's threshold (a `selection.Bracket` primed on `t`) on data 0.2 %
+    larger, as a training step moves it: one pass; each call starts from a copy of the primed bracket."""
+    groups, k = t.view(1, -1), keep_count(density, t.numel())
+    primed = selection.Bracket()
+    selection.kth_largest_magnitude(groups, k, primed)
+    moved = groups * 1.002
+    assert torch.equal(selection.kth_largest_magnitude(moved, k, copy.deepcopy(primed)), _torch_kth(moved, k))
+    return (f"exact k-th largest |v|, {name}, density {density}, last threshold 0.2 % away",
+            _median_ms(lambda: selection.kth_largest_magnitude(moved, k, copy.deepcopy(primed)), repeats),
+            _median_ms(lambda: _torch_kth(moved, k), repeats))
+
+
 def rows(shape: tuple[int, ...], repeats: int) -> list[tuple[str, float, float]]:
     """(what, kernel ms, torch ms) for each kernel."""
     torch.manual_seed(0)
@@ -57,6 +72,8 @@ def rows(shape: tuple[int, ...], repeats: int) -> list[tuple[str, float, float]]
         out.append((f"exact k-th largest |v|, {name}, density {density}",
                     _median_ms(lambda g=groups, k=k: selection.kth_largest_magnitude(g, k), repeats),
                     _median_ms(lambda g=groups, k=k: _torch_kth(g, k), repeats)))
+    for name in ("normal", "relu"):
+        out.append(_bracketed_row(data[name], name, 0.3, repeats))
     t = data["relu"]
     tau = selection.kth_largest_magnitude(t.view(1, -1), keep_count(0.3, t.numel())).reshape(1)
     out.append(("threshold and count, relu, density 0.3",

@@ -92,9 +92,10 @@ def pick_digits(histograms, ranks):
 
 
 @numba.njit(cache=True)
-def bracketed_kth(bits, rank, previous, widths, abs_mask, candidates):
+def bracketed_kth(bits, rank, previous, widths, default_width, abs_mask, candidates):
     """Per row of `bits`: the rank-th largest magnitude pattern where it lies within the row's bracket
-    (`previous` ± `widths`; a row whose `previous` is -1 has none), in one pass. Returns (patterns,
+    (`previous` ± `widths`, a width of 0 meaning `default_width`; a row whose `previous` is -1 has
+    none), in one pass. Returns (patterns,
     tried, found); a row is not found where fewer than `rank` entries lie above the bracket's low end
     or `rank` or more above its high end, or where more than `candidates` can hold lie inside."""
     rows = bits.shape[0]
@@ -104,8 +105,9 @@ def bracketed_kth(bits, rank, previous, widths, abs_mask, candidates):
     for row in range(rows):
         if not tried[row]:
             continue
-        low = max(previous[row] - widths[row], 1)
-        high = min(previous[row] + widths[row], abs_mask)
+        width = widths[row] if widths[row] > 0 else default_width
+        low = max(previous[row] - width, 1)
+        high = min(previous[row] + width, abs_mask)
         above, count = _bracket_candidates(bits[row], abs_mask, low, high, candidates)
         inside = rank - above
         if count < 0 or inside < 1 or inside > count:
@@ -153,7 +155,7 @@ def _bracket_candidates(bits, abs_mask, low, high, candidates):
 
 
 @numba.njit(cache=True)
-def update_brackets(previous, widths, patterns, found, tried, narrowest, widest, inf_bits):
+def update_brackets(previous, widths, patterns, found, tried, default_width, narrowest, widest, inf_bits):
     """After a selection: each row's next bracket is centred on its new threshold, 4x as wide as the
     threshold just moved where that is wider than half the last width (or the last missed), else half
     as wide (within [narrowest, widest]). A threshold of zero or beyond the finite ones gives no
@@ -161,7 +163,8 @@ def update_brackets(previous, widths, patterns, found, tried, narrowest, widest,
     for row in range(patterns.shape[0]):
         if tried[row]:
             moved = 4 * abs(patterns[row] - previous[row])
-            width = widths[row] // 2 if found[row] else 0
+            last = widths[row] if widths[row] > 0 else default_width
+            width = last // 2 if found[row] else 0
             widths[row] = min(max(width, moved, narrowest), widest)
         previous[row] = patterns[row] if 0 < patterns[row] < inf_bits else -1
 

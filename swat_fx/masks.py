@@ -91,7 +91,9 @@ def kth_largest_magnitude(groups: torch.Tensor, k: int, needed: torch.Tensor | N
     a hint that the radix select may use and updates (`selection.Bracket`)."""
     n = groups.shape[1]
     if n >= selection.MIN_SIZE and torch.compiler.is_compiling() and groups.device.type == "cpu":
-        return selection.kth_largest_magnitude_op(groups.detach(), k, needed)
+        fits = bracket is not None and bracket.fits(groups.shape[0])  # resized in eager steps only
+        return selection.kth_largest_magnitude_op(groups.detach(), k, needed, *(
+            (bracket.previous, bracket.widths) if fits else ()))
     if n >= selection.MIN_SIZE and selection.available(groups):
         return selection.kth_largest_magnitude(groups, k, bracket)
     magnitudes = torch.nan_to_num(groups.detach().abs(), nan=math.inf, posinf=math.inf)

@@ -63,63 +63,74 @@ class Bracket:
     bit patterns around the last one: one pass counts the entries above the window and copies those
     inside it (a fraction of a percent), and the k-th largest is selected among the copies. Where it
     is not inside, the radix passes run as without a bracket, and the window widens. A bracket is a
-    hint only: the threshold is exact whatever it holds. It starts empty (and is not saved): the first
-    selection runs the radix passes.
+    hint only: the threshold is exact whatever it holds. It is not saved; it starts empty, for one
+    group (an unstructured site's); a selection of another group count resizes it, in eager mode.
+    Its two int64 CPU tensors are updated in place, so a compiled step hands them to the select op.
     """
 
-    def __init__(self) -> None:
-        self.previous = np.empty(0, np.int64)  # per group: the last threshold's bit pattern, -1 for none
-        self.widths = np.empty(0, np.int64)  # per group: the window's half-width, in bit patterns
-        self.dtype: torch.dtype | None = None
+    def __init__(self, rows: int = 1) -> None:
+        self.previous = torch.empty(0, dtype=torch.int64)
+        """Per group: the last threshold's bit pattern, -1 for none (the first selection, a threshold of
+        zero or beyond the finite ones)."""
+        self.widths = torch.empty(0, dtype=torch.int64)
+        """Per group: the window's half-width in bit patterns, 0 for the dtype's default."""
+        self.resize(rows)
 
-    def matches(self, rows: int, dtype: torch.dtype) -> bool:
-        """Whether it holds thresholds of `rows` groups of `dtype` (else it starts again, empty)."""
-        if self.dtype == dtype and self.previous.shape[0] == rows:
-            return True
-        self.previous = np.full(rows, -1, np.int64)
-        self.widths = np.full(rows, 1 << (_MANTISSA[dtype] - 8), np.int64)  # about ±0.4 %
-        self.dtype = dtype
-        return False
+    @classmethod
+    def of(cls, previous: torch.Tensor, widths: torch.Tensor) -> Bracket:
+        """A bracket over these tensors (not copied: the select op's arguments)."""
+        bracket = cls(0)
+        bracket.previous, bracket.widths = previous, widths
+        return bracket
 
-    def update(self, compiled: Any, patterns: np.ndarray, found: np.ndarray, tried: np.ndarray) -> None:
-        mantissa = _MANTISSA[self.dtype]
-        compiled.update_brackets(self.previous, self.widths, patterns, found, tried, 1 << (mantissa - 10),
-                                 1 << (mantissa - 2), _LAYOUT[self.dtype][3])
+    def fits(self, rows: int) -> bool:
+        return self.previous.shape[0] == rows
+
+    def resize(self, rows: int) -> None:
+        """Empty, for `rows` groups."""
+        self.previous = torch.full((rows,), -1, dtype=torch.int64)
+        self.widths = torch.zeros(rows, dtype=torch.int64)
+
+    def clear(self) -> None:
+        """Forget the last thresholds (in place: a compiled graph keeps reading the same tensors)."""
+        self.previous.fill_(-1)
+        self.widths.zero_()
 
 
 def kth_largest_magnitude(groups: torch.Tensor, k: int, bracket: Bracket | None = None) -> torch.Tensor:
     """The k-th largest |v| of each row of a [G, n] tensor (NaN as +inf), exactly; shape [G], `groups`'
     dtype. Needs `available(groups)`. `bracket` (float32/float64): where the last thresholds lay, used
-    and updated (one pass where they moved little)."""
+    and updated (one pass where they moved little); resized where it does not fit."""
+    if bracket is not None and not bracket.fits(groups.shape[0]):
+        bracket.resize(groups.shape[0])
     compiled = kernels()
     view, width, abs_mask, inf_bits = _LAYOUT[groups.dtype]
     bits = groups.detach().contiguous().view(view).numpy()
     if bracket is None or groups.dtype not in _MANTISSA:
         patterns = _radix_select(compiled, bits, k, width, abs_mask)
     else:
-        patterns = _bracketed_select(compiled, bits, k, bracket, groups.dtype)
+        patterns = _bracketed_select(compiled, bits, k, bracket.previous.numpy(), bracket.widths.numpy(), groups.dtype)
     # NaN patterns lie above +inf's: a selection that reached one is +inf (NaN ranks as +inf)
     integer = torch.from_numpy(np.minimum(patterns, inf_bits)).to(view)
     return integer.view(groups.dtype)
 
 
-def _bracketed_select(compiled: Any, bits: np.ndarray, k: int, bracket: Bracket, dtype: torch.dtype) -> np.ndarray:
-    """The rows' k-th largest magnitude patterns: in one pass where the bracket holds them, by the radix
-    passes elsewhere; the bracket is updated."""
-    _, width, abs_mask, _ = _LAYOUT[dtype]
+def _bracketed_select(compiled: Any, bits: np.ndarray, k: int, previous: np.ndarray, widths: np.ndarray,
+                      dtype: torch.dtype) -> np.ndarray:
+    """The rows' k-th largest magnitude patterns: in one pass where the bracket (`previous`, `widths`,
+    updated in place) holds them, by the radix passes elsewhere."""
+    _, width, abs_mask, inf_bits = _LAYOUT[dtype]
     rows, n = bits.shape
-    if not bracket.matches(rows, dtype):
-        patterns = _radix_select(compiled, bits, k, width, abs_mask)
-        found = tried = np.zeros(rows, np.bool_)
-    else:
-        candidates = np.empty(max(n // 16, 1024), bits.dtype)  # a fuller bracket is a miss: radix is faster there
-        patterns, tried, found = compiled.bracketed_kth(bits, k, bracket.previous, bracket.widths,
-                                                        bits.dtype.type(abs_mask), candidates)
-        if not found.all():
-            missed = np.flatnonzero(~found)
-            rest = bits if missed.shape[0] == rows else bits[missed]
-            patterns[missed] = _radix_select(compiled, rest, k, width, abs_mask)
-    bracket.update(compiled, patterns, found, tried)
+    mantissa = _MANTISSA[dtype]
+    candidates = np.empty(max(n // 16, 1024), bits.dtype)  # a fuller bracket is a miss: radix is faster there
+    patterns, tried, found = compiled.bracketed_kth(bits, k, previous, widths, 1 << (mantissa - 8),  # about ±0.4 %
+                                                    bits.dtype.type(abs_mask), candidates)
+    if not found.all():
+        missed = np.flatnonzero(~found)
+        rest = bits if missed.shape[0] == rows else bits[missed]
+        patterns[missed] = _radix_select(compiled, rest, k, width, abs_mask)
+    compiled.update_brackets(previous, widths, patterns, found, tried, 1 << (mantissa - 8), 1 << (mantissa - 10),
+                             1 << (mantissa - 2), inf_bits)
     return patterns
 
 
@@ -147,22 +158,26 @@ def _ranks_reach_zero(compiled: Any, bits: np.ndarray, abs_mask: int, histograms
     return bool((ranks > nonzero).all())
 
 
-@torch.library.custom_op("swat_fx::kth_largest_magnitude", mutates_args=())
-def kth_largest_magnitude_op(groups: torch.Tensor, k: int, needed: torch.Tensor | None = None) -> torch.Tensor:
+@torch.library.custom_op("swat_fx::kth_largest_magnitude", mutates_args=("previous", "widths"))
+def kth_largest_magnitude_op(groups: torch.Tensor, k: int, needed: torch.Tensor | None = None,
+                             previous: torch.Tensor | None = None, widths: torch.Tensor | None = None) -> torch.Tensor:
     """`kth_largest_magnitude` as an op torch.compile keeps whole (it cannot trace numba): the radix
     select where it runs, `torch.kthvalue` elsewhere. `needed`, a CPU bool tensor: whether the result
     is used (a compiled step between refreshes selects the stored threshold instead), else zeros
-    come back without a pass over the data."""
+    come back without a pass over the data. `previous`, `widths`: a `Bracket`'s tensors, where it fits
+    the groups (used and updated in place)."""
     if needed is not None and needed.device.type == "cpu" and not bool(needed):
         return groups.new_zeros(groups.shape[0])
     if available(groups):
-        return kth_largest_magnitude(groups, k)
+        usable = previous is not None and widths is not None and previous.shape[0] == groups.shape[0]
+        return kth_largest_magnitude(groups, k, Bracket.of(previous, widths) if usable else None)
     magnitudes = torch.nan_to_num(groups.abs(), nan=torch.inf, posinf=torch.inf)
     return magnitudes.kthvalue(groups.shape[1] - k + 1, dim=1).values
 
 
 @kth_largest_magnitude_op.register_fake
-def _(groups: torch.Tensor, k: int, needed: torch.Tensor | None = None) -> torch.Tensor:
+def _(groups: torch.Tensor, k: int, needed: torch.Tensor | None = None, previous: torch.Tensor | None = None,
+      widths: torch.Tensor | None = None) -> torch.Tensor:
     return groups.new_empty(groups.shape[0])
 
 

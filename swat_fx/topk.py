@@ -267,5 +267,5 @@ class TopK(nn.Module):
         self._steps = 0
         self.threshold = self.threshold.new_empty(0)
         self.density.fill_(1.0)
-        self._bracket = selection.Bracket()
+        self._bracket.clear()
         self._generation = 0

@@ -44,6 +44,7 @@ def test_kernels_benchmark_prints_every_kernel() -> None:
         capture_output=True, text=True, timeout=300, check=True,
     )
     for what in ("exact k-th largest |v|, normal", "exact k-th largest |v|, relu, density 0.7",
+                 "exact k-th largest |v|, normal, density 0.3, last threshold 0.2 % away",
                  "threshold and count", "compress", "decompress", "ReLU forward + backward", "BatchNorm forward"):
         assert what in result.stdout
 

@@ -40,6 +40,18 @@ def _train(model: nn.Module, batches: list[tuple[torch.Tensor, torch.Tensor]]) -
     return grads
 
 
+def _assert_trained_alike(expected: list[dict[str, torch.Tensor]], actual: list[dict[str, torch.Tensor]],
+                          eager: nn.Module, compiled_model: nn.Module, rtol: float, atol: float,
+                          state_atol: float) -> None:
+    """Each step's gradients and the final SWAT state (thresholds, steps, densities) equal eager's."""
+    for step, (want, got) in enumerate(zip(expected, actual, strict=True)):
+        for name, grad in want.items():
+            torch.testing.assert_close(got[name], grad, rtol=rtol, atol=atol, msg=f"step {step}: {name}")
+    for key, value in eager.state_dict().items():
+        if is_state_key(key):
+            torch.testing.assert_close(compiled_model.state_dict()[key], value, rtol=rtol, atol=state_atol, msg=key)
+
+
 def _batches(count: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
     generator = torch.Generator().manual_seed(1)
     return [(torch.randn(4, 3, 8, 8, dtype=torch.float64, generator=generator),
@@ -122,9 +134,41 @@ def test_compiled_steps_between_refreshes_skip_the_radix_select() -> None:
         actual = _train(compiled, batches)
     large_sites = 3  # conv1's X is 73,728 entries, conv2's W and X too; conv1's W and fc are small
     assert select.call_count == 2 * large_sites
-    for step, (want, got) in enumerate(zip(expected, actual, strict=True)):
-        for name, grad in want.items():
-            torch.testing.assert_close(got[name], grad, rtol=1e-9, atol=1e-10, msg=f"step {step}: {name}")
-    for key, value in eager.state_dict().items():
-        if is_state_key(key):
-            torch.testing.assert_close(compiled_model.state_dict()[key], value, rtol=1e-9, atol=1e-12, msg=key)
+    _assert_trained_alike(expected, actual, eager, compiled_model, rtol=1e-9, atol=1e-10, state_atol=1e-12)
+
+
+def test_compiled_steps_select_from_the_last_threshold() -> None:
+    """At period 1 the compiled graph hands each large site's bracket to the select op, which updates it
+    in place: after the first step the radix passes run for fewer groups than there are selections,
+    no step recompiles for it, and gradients and state equal eager's."""
+    from unittest import mock
+
+    from swat_fx import selection
+    from swat_fx.contract import site_modules
+
+    torch.manual_seed(0)
+    eager = swat_fx.transform(WideNet(), 0.7, period=1, sparsify_first=True)
+    compiled_model = copy.deepcopy(eager)
+    generator = torch.Generator().manual_seed(2)
+    x = torch.randn(2, 16, 48, 48, generator=generator)
+    batches = [(x + 0.01 * torch.randn(x.shape, generator=generator), torch.randint(0, 10, (2,), generator=generator))
+               for _ in range(5)]
+    expected = _train(eager, batches)
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    compiled = torch.compile(compiled_model, fullgraph=True)
+    radix_rows = []
+    radix = selection._radix_select
+
+    def counted(compiled_kernels: object, bits: object, *args: object) -> object:
+        radix_rows.append(bits.shape[0])
+        return radix(compiled_kernels, bits, *args)
+
+    with mock.patch.object(selection, "_radix_select", counted):
+        actual = _train(compiled, batches)
+    large_sites = 3  # conv1's X, conv2's W and X
+    assert 0 < sum(radix_rows) < large_sites * len(batches)
+    brackets = [site._bracket.previous for _, site in site_modules(compiled_model) if site._bracket.previous[0] >= 0]
+    assert len(brackets) == large_sites
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 2  # without, then with a stored threshold
+    _assert_trained_alike(expected, actual, eager, compiled_model, rtol=1e-5, atol=1e-6, state_atol=1e-7)
