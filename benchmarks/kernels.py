@@ -121,9 +121,9 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     shape = tuple(args.shape)
     print(f"tensor {'x'.join(map(str, shape))} float32, {args.threads} torch threads, median of {args.repeats}")
-    print(f"{'kernel':48s} {'swat_fx ms':>10s} {'torch ms':>9s} {'torch/swat_fx':>13s}")
+    print(f"{'kernel':70s} {'swat_fx ms':>10s} {'torch ms':>9s} {'torch/swat_fx':>13s}")
     for what, ours, theirs in rows(shape, args.repeats):
-        print(f"{what:48s} {ours:10.2f} {theirs:9.2f} {theirs / ours:12.1f}x")
+        print(f"{what:70s} {ours:10.2f} {theirs:9.2f} {theirs / ours:12.1f}x")
     return 0
 
 

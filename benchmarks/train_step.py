@@ -1,6 +1,6 @@
 """Train-step time and memory held for the backward pass: swat_fx against dense PyTorch, same run.
 
-    python benchmarks/train_step.py            # the full table (about 21 minutes on 2 cores)
+    python benchmarks/train_step.py            # the full table (about 20 minutes on 2 cores)
     python benchmarks/train_step.py --quick    # every row, tiny sizes (about 2 minutes; torch.compile
                                                # rows for ResNet-18 only)
 
