@@ -96,8 +96,8 @@ def bracketed_kth(bits, rank, previous, widths, default_width, abs_mask, candida
     """Per row of `bits`: the rank-th largest magnitude pattern where it lies within the row's bracket
     (`previous` ± `widths`, a width of 0 meaning `default_width`; a row whose `previous` is -1 has
     none), in one pass. Returns (patterns, tried, found); a row is not found where fewer than `rank`
-    entries lie above the bracket's low end or `rank` or more above its high end, or where more than
-    `candidates` can hold lie inside."""
+    entries lie above the bracket's low end or `rank` or more above its high end, or where its candidates
+    come near filling `candidates` (within a block of 64)."""
     rows = bits.shape[0]
     patterns = np.zeros(rows, np.int64)
     tried = previous >= 0

@@ -99,8 +99,8 @@ class Bracket:
 
 def kth_largest_magnitude(groups: torch.Tensor, k: int, bracket: Bracket | None = None) -> torch.Tensor:
     """The k-th largest |v| of each row of a [G, n] tensor (NaN as +inf), exactly; shape [G], `groups`'
-    dtype. Needs `available(groups)`. `bracket` (float32/float64): where the last thresholds lay, used
-    and updated (one pass where they moved little); resized where it does not fit."""
+    dtype. Needs `available(groups)`. `bracket`: where the last thresholds lay, used and updated for
+    float32/float64 (one pass where they moved little); resized where it does not fit the groups."""
     if bracket is not None and not bracket.fits(groups.shape[0]):
         bracket.resize(groups.shape[0])
     compiled = kernels()

@@ -261,6 +261,11 @@ class TopK(nn.Module):
         )
         self._steps = int(self.step)
 
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        """A site pickled by a release without brackets starts with an empty one."""
+        state.setdefault("_bracket", selection.Bracket())
+        super().__setstate__(state)
+
     def reset(self) -> None:
         """Forget the stored threshold: the next training step computes an exact Top-K."""
         self.step.zero_()

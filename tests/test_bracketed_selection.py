@@ -4,6 +4,7 @@ reference masks; the one pass runs where the last threshold is close, the radix 
 
 from __future__ import annotations
 
+import pickle
 from unittest import mock
 
 import numpy as np
@@ -123,8 +124,50 @@ def test_a_full_bracket_falls_back_to_the_radix_passes() -> None:
     t[0, ::2] = torch.nextafter(torch.tensor(0.5), torch.tensor(1.0))
     k = keep_count(0.6, t.shape[1])
     bracket = selection.Bracket()
-    for _ in range(3):
-        assert torch.equal(selection.kth_largest_magnitude(t, k, bracket), _sorted_kth(t, k))
+    radix = _RadixCalls()
+    with mock.patch.object(selection, "_radix_select", radix):
+        for _ in range(3):
+            assert torch.equal(selection.kth_largest_magnitude(t, k, bracket), _sorted_kth(t, k))
+    assert radix.rows == 3  # the first selection, then each full bracket
+
+
+def test_a_bracket_that_fills_in_the_tail_falls_back_to_the_radix_passes() -> None:
+    """The candidate buffer (1,027 entries for 16,447) fills only in the entries after the last whole
+    block of 64: the tail's own check sends the row to the radix passes, exactly."""
+    generator = torch.Generator().manual_seed(7)
+    n = 16_447  # 256 blocks of 64 and a tail of 63
+    t = 0.01 * torch.rand(1, n, generator=generator)
+    t[0, :1020] = 0.5 + 1e-4 * torch.rand(1020, generator=generator)  # 16 blocks, below the block check
+    t[0, -63:] = 0.5 + 1e-4 * torch.rand(63, generator=generator)
+    k = 1000
+    bracket = selection.Bracket()
+    radix = _RadixCalls()
+    with mock.patch.object(selection, "_radix_select", radix):
+        for _ in range(2):
+            assert torch.equal(selection.kth_largest_magnitude(t, k, bracket), _sorted_kth(t, k))
+    assert radix.rows == 2
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_infinities_and_nans_inside_the_bracket(dtype: torch.dtype) -> None:
+    """A last threshold at the largest finite value puts +inf and NaN patterns (any payload) inside the
+    bracket: the one-pass threshold is then +inf, as NaN ranks, and equals a sort's."""
+    integer, nans = {torch.float32: (torch.int32, [0x7F800001, 0x7FC00000, 0x7FFFFFFF]),
+                     torch.float64: (torch.int64, [0x7FF0000000000001, 0x7FF8000000000000])}[dtype]
+    generator = torch.Generator().manual_seed(8)
+    t = torch.randn(1, 70_000, generator=generator, dtype=dtype)
+    t[0, :600] = torch.finfo(dtype).max
+    k = 500
+    bracket = selection.Bracket()
+    assert selection.kth_largest_magnitude(t, k, bracket) == torch.finfo(dtype).max
+    moved = t.clone()
+    moved[0, 600:800] = float("inf")
+    moved[0, 800:1200] = torch.tensor(nans, dtype=integer).repeat(400)[:400].view(dtype)
+    radix = _RadixCalls()
+    with mock.patch.object(selection, "_radix_select", radix):
+        got = selection.kth_largest_magnitude(moved, k, bracket)
+    assert torch.equal(got, _sorted_kth(moved, k)) and got.isinf().all()
+    assert radix.rows == 0
 
 
 @pytest.mark.parametrize(("granularity", "role", "layer", "shape"), [
@@ -177,10 +220,24 @@ def test_entries_on_the_bracket_edges(dtype: torch.dtype) -> None:
     assert centre > 0 and width > 0
     edges = torch.tensor([centre - width, centre + width, centre - width - 1, centre + width + 1], dtype=integer)
     planted = t.clone()
-    signed = edges.view(dtype).repeat(100) * torch.tensor([1.0, -1.0], dtype=dtype).repeat(200)
+    signed = edges.view(dtype).repeat(100) * torch.tensor([1.0] * 4 + [-1.0] * 4, dtype=dtype).repeat(50)
     planted[0, :400] = signed
     planted[0, -40:] = signed[:40]  # in the tail after the last whole block of the pass, too
     radix = _RadixCalls()
     with mock.patch.object(selection, "_radix_select", radix):
         assert torch.equal(selection.kth_largest_magnitude(planted, k, bracket), _sorted_kth(planted, k))
     assert radix.rows == 0
+
+
+def test_a_site_pickled_without_a_bracket_gets_one() -> None:
+    """A whole-module pickle of a site from a release without brackets loads and trains."""
+    site = TopK(0.7, "nchw", "input", "conv").train()
+    site(torch.randn(2, 8, 96, 96))
+    state = site.__getstate__()
+    del state["_bracket"]
+    older = TopK.__new__(TopK)
+    older.__setstate__(state)
+    t = torch.randn(2, 8, 96, 96)
+    assert torch.equal(older(t), t * ref_mask(t, 0.3, "nchw", "input", "conv"))
+    restored = pickle.loads(pickle.dumps(older))
+    assert restored._bracket.fits(1)
