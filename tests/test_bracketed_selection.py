@@ -174,6 +174,9 @@ def test_infinities_and_nans_inside_the_bracket(dtype: torch.dtype) -> None:
     ("nchw", "input", "conv", (2, 8, 96, 96)),
     ("chw", "input", "conv", (3, 8, 96, 96)),
     ("nchw", "weight", "conv", (128, 64, 3, 3)),
+    ("nchw", "weight", "linear", (512, 256)),
+    ("nchw", "input", "linear", (64, 2048)),
+    ("chw", "input", "linear", (3, 40, 2048)),
 ])
 def test_training_site_masks_equal_the_reference_over_steps(granularity: str, role: str, layer: str,
                                                             shape: tuple) -> None:
@@ -241,3 +244,17 @@ def test_a_site_pickled_without_a_bracket_gets_one() -> None:
     assert torch.equal(older(t), t * ref_mask(t, 0.3, "nchw", "input", "conv"))
     restored = pickle.loads(pickle.dumps(older))
     assert restored._bracket.fits(1)
+
+
+@pytest.mark.parametrize("n", [1, 2, 5, 100])
+def test_tiny_groups_with_a_bracket(n: int) -> None:
+    """Groups far below the candidate buffer's size, with ties and zeros: exact over drifting steps."""
+    generator = torch.Generator().manual_seed(9)
+    t = torch.randn(3, n, generator=generator)
+    t[1] = 0.0
+    t[2, : n // 2] = 1.5
+    bracket = selection.Bracket()
+    for k in sorted({1, max(1, n // 2), n}):
+        for step in range(4):
+            values = t * (1 + 1e-4 * step)
+            assert torch.equal(selection.kth_largest_magnitude(values, k, bracket), _sorted_kth(values, k))
